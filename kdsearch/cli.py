@@ -1,0 +1,81 @@
+"""The `kdsearch` command line. User mistakes print one line and exit with status 2, never a traceback."""
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from .errors import UserError
+
+
+def _study(args):
+    from .config import load_study
+    overrides = {"data.path": args.data, "data.source": "auto"} if getattr(args, "data", None) else {}
+    return load_study(args.study, overrides)
+
+
+def cmd_validate(args):
+    study = _study(args)
+    print(f"{args.study}: valid study '{study.name}'")
+
+
+def cmd_baselines(args):
+    from .baselines import format_table, open_study, run_baselines, write_baselines
+    study = _study(args)
+    start = time.perf_counter()
+    data, store, device = open_study(study, args.results)
+    rows = run_baselines(study, data, store, device)
+    out = Path(args.results) / study.name
+    write_baselines(rows, out)
+    print(format_table(rows))
+    print(f"\nwrote {out / 'baselines.md'} and {out / 'baselines.json'} in {time.perf_counter() - start:.0f} s")
+
+
+def cmd_bench(args):
+    from .bench import format_bench, run_bench, write_json
+    result = run_bench(args.data, batches=args.batches, threads=args.threads,
+                       log=lambda m: print(m, file=sys.stderr))
+    print(format_bench(result))
+    if args.json:
+        write_json(result, args.json)
+        print(f"wrote {args.json}")
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="kdsearch", description="Find the best knowledge-distillation settings.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def study_cmd(name, fn, help, results=True):
+        s = sub.add_parser(name, help=help)
+        s.add_argument("study", help="study YAML file, e.g. search_spaces/cifar10_quick.yaml")
+        s.add_argument("--data", help="dataset: a CIFAR-10 download folder, or an image-folder .tar.gz / folder "
+                                      "(overrides data.path)")
+        if results:
+            s.add_argument("--results", default="runs", help="results and cache folder (default: runs)")
+        s.set_defaults(fn=fn)
+
+    study_cmd("validate", cmd_validate, "check a study file without running anything", results=False)
+    study_cmd("baselines", cmd_baselines, "train (or reuse) the teacher and the fixed student baselines")
+    b = sub.add_parser("bench", help="the notebook's KD loop against kdsearch's KD and CE steps")
+    b.add_argument("--data", default="data", help="dataset, as for the study commands (default: data)")
+    b.add_argument("--batches", type=int, default=20, help="batches of 256 per measurement (default: 20)")
+    b.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: one per core)")
+    b.add_argument("--json", help="also write the figures to this JSON file")
+    b.set_defaults(fn=cmd_bench)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except UserError as e:
+        print(f"kdsearch: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kdsearch: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""Study files: YAML -> typed, validated dataclasses. Every rule is checked before anything runs.
+
+A study file only needs `name`; every other value has the notebook's default. Errors name the file, the key
+path and the rule, e.g. `study.yaml: teacher.lr: must be > 0 (got -0.1)`.
+"""
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import UserError
+from .losses import LOSSES
+from .models import MODELS
+
+
+def rule(default=dataclasses.MISSING, *, choices=None, gt=None, ge=None, le=None, factory=None):
+    """A dataclass field with validation rules attached (checked by `from_dict`)."""
+    meta = {"choices": choices, "gt": gt, "ge": ge, "le": le}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class Recipe:
+    """How one network is trained. Defaults are the notebook's KD student."""
+    model: str = rule("student", choices=sorted(MODELS))  # architecture, from models.MODELS
+    loss: str = rule("kd", choices=sorted(LOSSES))  # training loss, from losses.LOSSES
+    optimizer: str = rule("adam", choices=["adam", "sgd"])
+    lr: float = rule(1e-3, gt=0)  # learning rate (the peak, with a cosine schedule)
+    momentum: float = rule(0.9, ge=0, le=1)  # SGD only
+    weight_decay: float = rule(0.0, ge=0)  # L2 penalty, as the optimizer's weight_decay
+    schedule: str = rule("none", choices=["none", "cosine"])  # cosine: anneal lr to 0 over `epochs`, per epoch
+    epochs: int = rule(30, ge=1)
+    batch_size: int = rule(256, ge=1)
+    temperature: float = rule(4.5, gt=0)  # KD only: softmax temperature T
+    alpha: float = rule(0.8, ge=0, le=1)  # KD only: weight of the hard-label CE term; 1 - alpha weighs the KL
+
+
+def _teacher_recipe():
+    return Teacher(model="teacher", loss="ce", optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4,
+                   schedule="cosine", epochs=50)
+
+
+@dataclass
+class Teacher(Recipe):
+    """The teacher's recipe (notebook: SGD 0.1, momentum 0.9, wd 5e-4, cosine over 50 epochs), or a checkpoint."""
+    checkpoint: typing.Optional[str] = None  # a TeacherNet state_dict (.pt) to use instead of training one
+
+
+@dataclass
+class Baselines:
+    """The fixed student baselines every search is compared against."""
+    # the notebook's "normal" student: MSE on one-hot targets, Adam 1e-4, 25 epochs
+    student_mse: Recipe = rule(factory=lambda: Recipe(loss="mse", lr=1e-4, epochs=25))
+    # the fair baseline the notebook's text promises: the same student with CE, Adam 1e-3, 30 epochs
+    student_ce: Recipe = rule(factory=lambda: Recipe(loss="ce", lr=1e-3, epochs=30))
+    # KD with the notebook's settings: T 4.5, alpha 0.8, Adam 1e-3, 30 epochs
+    kd_reference: Recipe = rule(factory=lambda: Recipe(loss="kd", temperature=4.5, alpha=0.8, lr=1e-3, epochs=30))
+
+
+@dataclass
+class Data:
+    source: str = rule("auto", choices=["auto", "cifar10", "imagefolder"])  # auto: archive/folder -> imagefolder
+    path: str = "data"  # CIFAR10 download folder, or an image-folder archive / folder; --data overrides
+    val_size: int = rule(5000, ge=1)  # validation images carved from the training set (stratified, seeded)
+    train_subset: typing.Optional[int] = rule(None, ge=1)  # train on a stratified subset of this size (quick runs)
+
+
+@dataclass
+class Study:
+    name: str = rule(choices=None)  # names the study's folder under the results directory
+    seed: int = 0  # seeds the split, the augmented views, initialisation and batch order
+    device: str = rule("auto", choices=["auto", "cpu", "cuda"])  # auto: cuda when there is one
+    threads: int = rule(0, ge=0)  # torch CPU threads; 0: one per core
+    data: Data = rule(factory=Data)
+    teacher: Teacher = rule(factory=_teacher_recipe)
+    baselines: Baselines = rule(factory=Baselines)
+
+
+def load_study(path, overrides=None):
+    """Read and validate a study file; `overrides` maps dotted keys to values (from the command line)."""
+    import yaml
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"study file {path} does not exist; fix: give the path of a study YAML file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read study file {path} ({e}); fix: give a readable YAML file") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        problem = f" ({e.problem})" if getattr(e, "problem", None) else ""
+        raise UserError(f"{path}: not valid YAML{where}{problem}; fix: correct the YAML syntax") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: a study file must be a mapping of keys (name, data, teacher, ...); fix: start "
+                        f"from search_spaces/cifar10_quick.yaml")
+    for key, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return from_dict(Study, raw, str(path))
+
+
+def from_dict(cls, raw, file, prefix="", base=None):
+    """Build dataclass `cls` from a dict, starting from `base` (an instance with the defaults)."""
+    if not isinstance(raw, dict):
+        raise UserError(f"{file}: {prefix.rstrip('.') or 'top level'}: must be a mapping; fix: indent its keys "
+                        f"below it")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise UserError(f"{file}: {prefix}{unknown[0]}: unknown key; fix: use one of {', '.join(fields)}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, f in fields.items():
+        key = prefix + name
+        default = getattr(base, name) if base is not None else _default(f)
+        if name not in raw:
+            if default is dataclasses.MISSING:
+                raise UserError(f"{file}: {key}: required key is missing; fix: add it")
+            values[name] = default
+            continue
+        typ = hints[name]
+        if dataclasses.is_dataclass(typ):
+            values[name] = from_dict(typ, raw[name], file, key + ".", default)
+        else:
+            values[name] = _check(raw[name], typ, f.metadata, file, key)
+    return cls(**values)
+
+
+def _default(f):
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def _check(value, typ, meta, file, key):
+    def fail(msg):
+        raise UserError(f"{file}: {key}: {msg} (got {value!r}); fix: change {key} in {file} so that it {msg}")
+
+    optional = typing.get_origin(typ) is typing.Union and type(None) in typing.get_args(typ)
+    if optional:
+        if value is None:
+            return None
+        typ = next(t for t in typing.get_args(typ) if t is not type(None))
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if typ is float and isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+        fail(f"must be {'null or ' if optional else ''}{'a number' if typ is float else 'an ' + typ.__name__ if typ is int else 'a ' + typ.__name__}")
+    if meta.get("choices") and value not in meta["choices"]:
+        fail(f"must be one of {', '.join(meta['choices'])}")
+    if meta.get("gt") is not None and not value > meta["gt"]:
+        fail(f"must be > {meta['gt']}")
+    if meta.get("ge") is not None and not value >= meta["ge"]:
+        fail(f"must be >= {meta['ge']}")
+    if meta.get("le") is not None and not value <= meta["le"]:
+        fail(f"must be <= {meta['le']}")
+    return value
+
+
+def to_dict(obj):
+    return dataclasses.asdict(obj)

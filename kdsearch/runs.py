@@ -1,0 +1,39 @@
+"""Train a model by a recipe, or read it back from the store when the same run was done before."""
+import dataclasses
+import sys
+import time
+
+from .engine import evaluate, new_model, train
+from .models import count_params
+
+
+def log_stderr(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def train_or_load(store, kind, key, name, recipe, data, *, seed, device, teacher_logits=None, log=log_stderr):
+    """Return (model, info). info: name, params, val_acc, test_acc, train_s, history, recipe, cached.
+
+    The test accuracy is measured once, right after training, and stored with the run: nothing is ever chosen
+    by it (searches compare validation accuracy).
+    """
+    model = new_model(recipe.model, len(data.classes), seed, device)
+    stored = store.load_run(kind, key)
+    if stored is not None:
+        model.load_state_dict(stored[0])
+        log(f"{name}: reusing the stored run {kind}/{key} (val {stored[1]['val_acc']:.2f}%)")
+        return model, {**stored[1], "cached": True}
+    log(f"{name}: training {recipe.model} with {recipe.loss} for {recipe.epochs} epochs on {len(data.train)} images")
+
+    def report(m):
+        log(f"{name}: epoch {m['epoch']}/{recipe.epochs} loss {m['train_loss']:.4f} val {m['val_acc']:.2f}% "
+            f"({m['time_s']:.0f} s)")
+
+    start = time.perf_counter()
+    history = train(model, recipe, data.train, seed=seed, view_seed=seed, val=data.val,
+                    teacher_logits=teacher_logits, report=report)
+    info = {"name": name, "key": key, "params": count_params(model), "val_acc": history[-1]["val_acc"],
+            "test_acc": evaluate(model, data.test), "train_s": time.perf_counter() - start,
+            "history": history, "recipe": dataclasses.asdict(recipe)}
+    store.save_run(kind, key, model, info)
+    return model, {**info, "cached": False}

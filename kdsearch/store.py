@@ -1,0 +1,59 @@
+"""A content-keyed store of trained models and computed tensors under <cache>/: the teacher, the baselines
+and the teacher's logits are each computed once and then read back.
+
+A key is a hash of everything that determines the result (data fingerprint, recipe, seed, engine version), so a
+changed input misses the cache instead of being served a stale result. Writes go to a temporary file first and
+are renamed into place: an interrupted run leaves nothing half-written.
+"""
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+ENGINE_VERSION = "1"  # bump when a change to training makes old cached models wrong
+
+
+def make_key(*parts):
+    blob = json.dumps([ENGINE_VERSION, *parts], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _atomic(path, write):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+class Store:
+    def __init__(self, root):
+        self.root = Path(root)
+
+    def _paths(self, kind, key):
+        d = self.root / kind
+        return d / f"{key}.pt", d / f"{key}.json"
+
+    def load_run(self, kind, key):
+        """(state_dict, info) of a stored run, or None."""
+        pt, js = self._paths(kind, key)
+        if not (pt.exists() and js.exists()):
+            return None
+        return torch.load(pt, map_location="cpu", weights_only=True), json.loads(js.read_text())
+
+    def save_run(self, kind, key, model, info):
+        pt, js = self._paths(kind, key)
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        _atomic(pt, lambda p: torch.save(state, p))
+        _atomic(js, lambda p: p.write_text(json.dumps(info, indent=1)))  # written last: marks the run complete
+
+    def update_info(self, kind, key, info):
+        _atomic(self._paths(kind, key)[1], lambda p: p.write_text(json.dumps(info, indent=1)))
+
+    def load_tensor(self, kind, key):
+        pt = self.root / kind / f"{key}.pt"
+        return torch.load(pt, map_location="cpu", weights_only=True) if pt.exists() else None
+
+    def save_tensor(self, kind, key, tensor):
+        _atomic(self.root / kind / f"{key}.pt", lambda p: torch.save(tensor.cpu(), p))

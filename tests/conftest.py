@@ -1,0 +1,68 @@
+"""Shared fixtures: a small stratified subset of the shared CIFAR-10 archive, built once per test session."""
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+SHARED_ARCHIVE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+ARCHIVE = Path(os.environ.get("KDSEARCH_TEST_ARCHIVE", SHARED_ARCHIVE))
+TRAIN_PER_CLASS, TEST_PER_CLASS = 40, 10
+
+
+def write_archive(path, files, top="tiny"):
+    """files: {relative name: bytes} -> a .tar.gz with every name under folder `top`."""
+    with tarfile.open(path, "w:gz") as tf:
+        for name, blob in files.items():
+            info = tarfile.TarInfo(f"{top}/{name}" if top else name)
+            info.size = len(blob)
+            tf.addfile(info, io.BytesIO(blob))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_files():
+    """{"train/<class>/<file>": jpeg bytes}: the first 40 train and 10 test images of every class."""
+    if not ARCHIVE.exists():
+        pytest.fail(f"the shared CIFAR-10 archive is missing at {ARCHIVE} (set KDSEARCH_TEST_ARCHIVE)")
+    files, counts = {}, {}
+    with tarfile.open(ARCHIVE) as tf:
+        for m in tf:
+            parts = Path(m.name).parts[-3:]
+            if not m.isfile() or len(parts) != 3:
+                continue
+            split, cls, _ = parts
+            limit = TRAIN_PER_CLASS if split == "train" else TEST_PER_CLASS
+            if counts.get((split, cls), 0) < limit:
+                counts[(split, cls)] = counts.get((split, cls), 0) + 1
+                files["/".join(parts)] = tf.extractfile(m).read()
+    return files
+
+
+@pytest.fixture(scope="session")
+def tiny_archive(tiny_files, tmp_path_factory):
+    return write_archive(tmp_path_factory.mktemp("data") / "tiny.tar.gz", tiny_files)
+
+
+TINY_STUDY = """\
+name: tiny
+seed: 0
+threads: 2
+data:
+  val_size: 100
+teacher:
+  epochs: 1
+  batch_size: 64
+baselines:
+  student_mse: {epochs: 1, batch_size: 64}
+  student_ce: {epochs: 1, batch_size: 64}
+  kd_reference: {epochs: 2, batch_size: 64}
+"""
+
+
+@pytest.fixture
+def tiny_study(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY_STUDY)
+    return path

@@ -1,0 +1,90 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from kdsearch.config import load_study
+from kdsearch.errors import UserError
+
+
+def kdsearch(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "kdsearch", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_baselines_end_to_end_then_everything_is_reused(tiny_study, tiny_archive, tmp_path):
+    results = tmp_path / "results"
+    first = kdsearch("baselines", tiny_study, "--data", tiny_archive, "--results", results, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    table = first.stdout.splitlines()
+    assert table[0].split()[:5] == ["model", "params", "val", "acc", "test"]
+    rows = {line.split()[0]: line.split() for line in table[2:6]}
+    assert list(rows) == ["teacher", "student_mse", "student_ce", "kd_reference"]
+    assert rows["teacher"][1] == "3,251,018" and rows["kd_reference"][1] == "545,098"
+    saved = json.loads((results / "tiny" / "baselines.json").read_text())
+    assert [r["name"] for r in saved] == list(rows)
+    assert all(0 <= r["val_acc"] <= 100 and 0 <= r["test_acc"] <= 100 for r in saved)
+    assert len(saved[3]["history"]) == 2  # kd_reference ran its 2 epochs, with a val_acc each
+    assert "teacher logits: 2 epochs x 300 views" in first.stderr
+
+    second = kdsearch("baselines", tiny_study, "--data", tiny_archive, "--results", results, cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert "training" not in second.stderr and "teacher logits" not in second.stderr
+    assert second.stderr.count("reusing the stored run") == 4
+    assert second.stdout.splitlines()[2:6] == [line + "  (stored)" if "(stored)" not in line else line
+                                               for line in first.stdout.splitlines()[2:6]]
+
+
+BAD_STUDIES = [
+    ("name: x\nteacher:\n  lrr: 0.1\n", "teacher.lrr: unknown key"),
+    ("name: x\nteacher:\n  lr: -0.1\n", "teacher.lr: must be > 0 (got -0.1)"),
+    ("name: x\nbaselines:\n  kd_reference:\n    alpha: 1.5\n", "baselines.kd_reference.alpha: must be <= 1"),
+    ("name: x\nbaselines:\n  kd_reference:\n    temperature: 0\n", "baselines.kd_reference.temperature: must be > 0"),
+    ("name: x\nteacher:\n  epochs: 0\n", "teacher.epochs: must be >= 1"),
+    ("name: x\nteacher:\n  epochs: ten\n", "teacher.epochs: must be an int"),
+    ("name: x\ndata:\n  val_size: true\n", "data.val_size: must be an int"),
+    ("name: x\nteacher:\n  loss: hinge\n", "teacher.loss: must be one of ce, kd, mse"),
+    ("seed: 1\n", "name: required key is missing"),
+    ("name: x\nteacher: [1, 2]\n", "teacher: must be a mapping"),
+    ("name: [x\n", "not valid YAML at line"),
+    ("- 1\n- 2\n", "must be a mapping of keys"),
+]
+
+
+@pytest.mark.parametrize("text,message", BAD_STUDIES)
+def test_each_bad_study_gets_a_one_line_error_naming_file_and_key(text, message, tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError) as e:
+        load_study(path)
+    assert str(path) in str(e.value) and message in str(e.value) and "fix:" in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_user_errors_exit_2_with_one_line_and_write_nothing(tiny_study, tiny_archive, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nteacher:\n  lr: -1\n")
+    cases = [
+        ("baselines", bad, "--data", tiny_archive, "--results", tmp_path / "r1"),
+        ("baselines", tmp_path / "missing.yaml", "--results", tmp_path / "r2"),
+        ("baselines", tiny_study, "--data", tmp_path / "nope.tar.gz", "--results", tmp_path / "r3"),
+        ("validate", bad),
+    ]
+    for args in cases:
+        r = kdsearch(*args, cwd=tmp_path)
+        assert r.returncode == 2, (args, r.stderr)
+        assert r.stderr.startswith("kdsearch: error: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert "Traceback" not in r.stderr
+    assert not any((tmp_path / d).exists() for d in ("r1", "r2", "r3"))
+    ok = kdsearch("validate", tiny_study, cwd=tmp_path)
+    assert ok.returncode == 0 and "valid study 'tiny'" in ok.stdout
+
+
+def test_shipped_study_files_are_valid():
+    root = os.path.join(os.path.dirname(__file__), "..", "search_spaces")
+    names = sorted(f for f in os.listdir(root) if f.endswith(".yaml"))
+    assert {"cifar10_quick.yaml", "cifar10_kd.yaml"} <= set(names)
+    for name in names:
+        load_study(os.path.join(root, name))

@@ -1,0 +1,98 @@
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from kdsearch.config import Recipe
+from kdsearch.losses import LOSSES, kd_loss
+from kdsearch.models import MODELS, StudentNet, TeacherNet, count_params
+
+
+class NotebookStudent(nn.Module):
+    """The notebook's StudentNet, copied as it is."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 32, kernel_size=3, padding=1)
+        self.pool = nn.MaxPool2d(2, 2)
+        self.conv2 = nn.Conv2d(32, 64, kernel_size=3, padding=1)
+        self.fc1 = nn.Linear(64 * 8 * 8, 128)
+        self.fc2 = nn.Linear(128, num_classes)
+
+    def forward(self, x):
+        x = F.relu(self.conv1(x))
+        x = self.pool(x)
+        x = F.relu(self.conv2(x))
+        x = self.pool(x)
+        x = x.view(x.size(0), -1)
+        x = F.relu(self.fc1(x))
+        return self.fc2(x)
+
+
+def notebook_teacher_names():
+    names = []
+    for block, chans in (("block1", 64), ("block2", 128), ("block3", 256)):
+        for i in (0, 3):
+            names += [f"{block}.{i}.weight", f"{block}.{i}.bias"]
+            j = i + 1
+            names += [f"{block}.{j}.{n}" for n in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")]
+    names += ["classifier.1.weight", "classifier.1.bias"]
+    names += [f"classifier.2.{n}" for n in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")]
+    names += ["classifier.4.weight", "classifier.4.bias"]
+    return names
+
+
+def test_parameter_counts_and_registry():
+    assert count_params(TeacherNet()) == 3_251_018
+    assert count_params(StudentNet()) == 545_098
+    assert MODELS["teacher"] is TeacherNet and MODELS["student"] is StudentNet
+
+
+def test_teacher_state_dict_names_are_the_notebooks():
+    assert list(TeacherNet().state_dict()) == notebook_teacher_names()
+
+
+def test_notebook_student_state_dict_loads_and_gives_the_same_outputs_and_gradients():
+    torch.manual_seed(0)
+    ref = NotebookStudent()
+    ours = StudentNet()
+    ours.load_state_dict(ref.state_dict())  # strict: same names and shapes
+    x = torch.randn(8, 3, 32, 32)
+    y = torch.randint(0, 10, (8,))
+    out_ref, out = ref(x), ours(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(out, out_ref)
+    F.cross_entropy(out_ref, y).backward()
+    F.cross_entropy(out, y).backward()
+    for (name, p), q in zip(ours.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+
+
+def test_kd_loss_matches_a_hand_computation():
+    s = torch.tensor([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]])
+    t = torch.tensor([[2.0, 1.0, 0.0], [1.0, 0.5, 2.5]])
+    y = torch.tensor([1, 2])
+    T, alpha = 2.5, 0.3
+
+    def softmax(v, T=1.0):
+        e = [math.exp(a / T) for a in v]
+        return [a / sum(e) for a in e]
+
+    ce = sum(-math.log(softmax(row)[label]) for row, label in zip(s.tolist(), y.tolist())) / 2
+    kl = sum(sum(p * math.log(p / q) for p, q in zip(softmax(tr, T), softmax(sr, T)))
+             for sr, tr in zip(s.tolist(), t.tolist())) / 2  # batchmean
+    expected = alpha * ce + (1 - alpha) * T * T * kl
+    got = kd_loss(s, y, t, Recipe(temperature=T, alpha=alpha)).item()
+    assert got == pytest.approx(expected, rel=1e-5)
+    # the notebook's own expression (KLDivLoss on probabilities) agrees
+    nb = alpha * F.cross_entropy(s, y) + (1 - alpha) * T * T * nn.KLDivLoss(reduction="batchmean")(
+        F.log_softmax(s / T, dim=1), F.softmax(t / T, dim=1))
+    assert got == pytest.approx(nb.item(), rel=1e-5)
+
+
+def test_alpha_one_is_plain_cross_entropy_and_mse_uses_one_hot():
+    s, t, y = torch.randn(4, 10), torch.randn(4, 10), torch.tensor([0, 3, 9, 3])
+    assert kd_loss(s, y, t, Recipe(alpha=1.0)).item() == pytest.approx(LOSSES["ce"](s, y).item())
+    expected = ((s - F.one_hot(y, 10).float()) ** 2).mean()
+    assert LOSSES["mse"](s, y).item() == pytest.approx(expected.item())

@@ -1,0 +1,87 @@
+import dataclasses
+
+import pytest
+import torch
+
+from kdsearch.augment import augmented_views
+from kdsearch.config import Recipe, load_study
+from kdsearch.data import load_arrays
+from kdsearch.engine import new_model, prepare, train_step
+from kdsearch.errors import UserError
+from kdsearch.losses import LOSSES
+from kdsearch.store import Store
+from kdsearch.teacher import get_teacher, load_checkpoint, teacher_logits
+
+
+@pytest.fixture(scope="module")
+def data(tiny_archive):
+    return prepare(load_arrays("auto", tiny_archive), 100, None, 0, torch.device("cpu"))
+
+
+def test_kd_step_on_cached_logits_equals_the_step_with_the_teacher_online(data, tmp_path):
+    torch.manual_seed(1)
+    teacher = new_model("teacher", 10, 1, torch.device("cpu")).eval()
+    table = teacher_logits(teacher, "t", data, seed=5, epochs=2, store=Store(tmp_path), log=lambda m: None)
+    assert table.shape == (2, len(data.train), 10)
+    recipe = Recipe(loss="kd", temperature=4.0, alpha=0.5)
+    idx = torch.randperm(len(data.train))[:64]
+    x, y = augmented_views(data.train.x, idx, 5, 1), data.train.y[idx]
+    students = []
+    for online in (False, True):
+        student = new_model("student", 10, 0, torch.device("cpu"))
+        opt = torch.optim.Adam(student.parameters(), lr=1e-2)
+        if online:
+            with torch.no_grad():
+                t = teacher(x)
+        else:
+            t = table[1, idx]
+        loss = train_step(student, opt, LOSSES["kd"], recipe, x, y, t)
+        students.append((student, loss))
+    (a, loss_a), (b, loss_b) = students
+    torch.testing.assert_close(loss_a, loss_b, rtol=1e-5, atol=1e-6)
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+    # and the table really is the teacher on those views: another epoch's views give other logits
+    assert not torch.allclose(table[0, idx], table[1, idx])
+
+
+def test_teacher_is_trained_once_and_retrained_when_its_recipe_changes(data, tiny_study, tmp_path):
+    study = load_study(tiny_study)
+    store, logs = Store(tmp_path / "cache"), []
+    t1, info1, key1 = get_teacher(study, data, store, torch.device("cpu"), logs.append)
+    assert not info1["cached"] and any("training teacher" in m for m in logs)
+    logs.clear()
+    t2, info2, key2 = get_teacher(study, data, store, torch.device("cpu"), logs.append)
+    assert info2["cached"] and key2 == key1 and not any("training" in m for m in logs)
+    for p, q in zip(t1.state_dict().values(), t2.state_dict().values()):
+        assert torch.equal(p, q)
+    changed = dataclasses.replace(study, teacher=dataclasses.replace(study.teacher, lr=0.05))
+    logs.clear()
+    _, info3, key3 = get_teacher(changed, data, store, torch.device("cpu"), logs.append)
+    assert key3 != key1 and not info3["cached"] and any("training teacher" in m for m in logs)
+
+
+def test_a_teacher_checkpoint_is_used_as_given(data, tiny_study, tmp_path):
+    model = new_model("teacher", 10, 3, torch.device("cpu"))
+    torch.save(model.state_dict(), tmp_path / "t.pt")
+    study = load_study(tiny_study, {"teacher.checkpoint": str(tmp_path / "t.pt")})
+    logs = []
+    loaded, info, _ = get_teacher(study, data, Store(tmp_path / "c"), torch.device("cpu"), logs.append)
+    assert not any("training" in m for m in logs) and info["train_s"] == 0
+    for p, q in zip(model.state_dict().values(), loaded.state_dict().values()):
+        assert torch.equal(p, q)
+
+
+def test_checkpoints_that_do_not_fit_get_a_clear_error(tmp_path):
+    cpu = torch.device("cpu")
+    torch.save(new_model("student", 10, 0, cpu).state_dict(), tmp_path / "student.pt")
+    with pytest.raises(UserError, match=r"student.pt does not fit TeacherNet with 10 classes .*fix: give a teacher"):
+        load_checkpoint(tmp_path / "student.pt", "teacher", 10, cpu)
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(UserError, match=r"junk.pt cannot be read"):
+        load_checkpoint(tmp_path / "junk.pt", "teacher", 10, cpu)
+    torch.save({"epoch": 3}, tmp_path / "dict.pt")
+    with pytest.raises(UserError, match=r"dict.pt is not a state_dict of tensors"):
+        load_checkpoint(tmp_path / "dict.pt", "teacher", 10, cpu)
+    with pytest.raises(UserError, match=r"missing.pt does not exist"):
+        load_checkpoint(tmp_path / "missing.pt", "teacher", 10, cpu)
