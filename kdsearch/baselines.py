@@ -2,6 +2,7 @@
 notebook's settings. Each is trained once and stored; the next run of the same study reads them back."""
 import dataclasses
 import json
+import time
 from pathlib import Path
 
 from .data import load_arrays
@@ -20,7 +21,9 @@ def open_study(study, results, log=log_stderr):
     threads = set_threads(study.threads)
     device = pick_device(study.device)
     cache = Path(results) / "cache"
+    start = time.perf_counter()
     arrays = load_arrays(study.data.source, study.data.path, cache)
+    load_s = time.perf_counter() - start
     val_size = study.data.val_size
     subset = study.data.train_subset
     if val_size + (subset or 1) > len(arrays.train_y):
@@ -28,7 +31,7 @@ def open_study(study, results, log=log_stderr):
                         f"training images of {study.data.path}; fix: lower them in the study file")
     data = prepare(arrays, val_size, subset, study.seed, device)
     log(f"data: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test images, "
-        f"{len(data.classes)} classes, on {device}, {threads} CPU threads")
+        f"{len(data.classes)} classes (loaded in {load_s:.1f} s), on {device}, {threads} CPU threads")
     return data, Store(cache), device
 
 

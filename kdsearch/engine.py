@@ -14,6 +14,7 @@ import torch
 
 from .augment import augmented_views, plain_views
 from .data import stratified_split
+from .errors import UserError
 from .losses import LOSSES
 from .models import build_model
 
@@ -39,6 +40,8 @@ class StudyData:
 def pick_device(name="auto"):
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("the study asks for device: cuda but torch sees no CUDA device; fix: set device: auto or cpu")
     return torch.device(name)
 
 
@@ -112,10 +115,10 @@ def train(model, recipe, train, *, seed, view_seed, val=None, teacher_logits=Non
     n, history, start = len(train), [], time.perf_counter()
     for epoch in range(recipe.epochs):
         model.train()
-        perm = torch.randperm(n, generator=order)
+        perm = torch.randperm(n, generator=order).to(device)
         total, steps = torch.zeros((), device=device), 0
         for i in range(0, n, recipe.batch_size):
-            idx = perm[i:i + recipe.batch_size].to(device)
+            idx = perm[i:i + recipe.batch_size]
             if len(idx) < 2:  # BatchNorm cannot train on a batch of one
                 continue
             x = augmented_views(train.x, idx, view_seed, epoch)

@@ -88,3 +88,12 @@ def test_shipped_study_files_are_valid():
     assert {"cifar10_quick.yaml", "cifar10_kd.yaml"} <= set(names)
     for name in names:
         load_study(os.path.join(root, name))
+
+
+def test_bench_writes_exactly_the_three_figures(tiny_archive, tmp_path):
+    r = kdsearch("bench", "--data", tiny_archive, "--batches", "1", "--json", tmp_path / "b.json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    figures = json.loads((tmp_path / "b.json").read_text())
+    assert set(figures) == {"seed_loop_img_s", "kd_img_s", "ce_img_s"}
+    assert all(v > 0 for v in figures.values())
+    assert "kd / seed_loop" in r.stdout and "ce / kd" in r.stdout
