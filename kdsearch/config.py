@@ -67,6 +67,47 @@ class Data:
     train_subset: typing.Optional[int] = rule(None, ge=1)  # train on a stratified subset of this size (quick runs)
 
 
+SEARCHABLE = ("temperature", "alpha", "lr", "epochs", "weight_decay", "batch_size")  # Recipe fields a space may hold
+
+
+@dataclass
+class Param:
+    """One searched hyperparameter: uniform / loguniform (floats), int (with step), or choice (listed values)."""
+    type: str = rule(choices=["uniform", "loguniform", "int", "choice"])
+    low: typing.Optional[float] = None  # inclusive bounds (uniform, loguniform, int)
+    high: typing.Optional[float] = None
+    step: typing.Optional[int] = rule(None, ge=1)  # int only: the grid step from low
+    values: typing.Optional[list] = None  # choice only
+
+
+def _default_space():
+    # a sensible full-scale space around the notebook's T = 4.5, alpha = 0.8, lr = 1e-3, 30 epochs
+    return {"temperature": Param("loguniform", 1.0, 20.0), "alpha": Param("uniform", 0.0, 1.0),
+            "lr": Param("loguniform", 1e-4, 1e-2), "epochs": Param("int", 10, 60, step=5)}
+
+
+@dataclass
+class Search:
+    num_samples: int = rule(20, ge=1)  # trials; --num-samples overrides
+    max_concurrent: int = rule(2, ge=1)  # trials running at once
+    seed: int = 0  # seeds Optuna's sampler (TPE)
+    scheduler: str = rule("none", choices=["none", "asha"])  # asha: stop poor trials early (see README)
+    grace_period: int = rule(2, ge=1)  # ASHA: epochs every trial runs before it may be stopped
+    reduction_factor: int = rule(3, ge=2)  # ASHA: keep the best 1/reduction_factor at each rung
+
+
+@dataclass
+class Resources:
+    cpu: float = rule(1.0, gt=0)  # CPUs per trial; torch threads in the trial match it
+    gpu: float = rule(0.0, ge=0)  # GPUs per trial; fractions share one GPU between trials
+
+
+@dataclass
+class Tracking:
+    uri: typing.Optional[str] = None  # MLflow tracking URI; default sqlite:///<results>/mlflow.db
+    experiment: typing.Optional[str] = None  # MLflow experiment; default: the study name
+
+
 @dataclass
 class Study:
     name: str = rule(choices=None)  # names the study's folder under the results directory
@@ -76,6 +117,10 @@ class Study:
     data: Data = rule(factory=Data)
     teacher: Teacher = rule(factory=_teacher_recipe)
     baselines: Baselines = rule(factory=Baselines)
+    space: typing.Dict[str, Param] = rule(factory=_default_space)  # searched KD settings; others: kd_reference's
+    search: Search = rule(factory=Search)
+    resources: Resources = rule(factory=Resources)
+    tracking: Tracking = rule(factory=Tracking)
 
 
 def load_study(path, overrides=None):
@@ -125,11 +170,51 @@ def from_dict(cls, raw, file, prefix="", base=None):
             values[name] = default
             continue
         typ = hints[name]
-        if dataclasses.is_dataclass(typ):
+        if typing.get_origin(typ) is dict:
+            values[name] = _space(raw[name], file, key)
+        elif dataclasses.is_dataclass(typ):
             values[name] = from_dict(typ, raw[name], file, key + ".", default)
         else:
             values[name] = _check(raw[name], typ, f.metadata, file, key)
     return cls(**values)
+
+
+def _space(raw, file, key):
+    """Validate a search space: known keys, a complete and ordered range, bounds that obey the Recipe's rules."""
+    if not isinstance(raw, dict) or not raw:
+        raise UserError(f"{file}: {key}: must be a mapping of hyperparameters; fix: list at least one of "
+                        f"{', '.join(SEARCHABLE)}")
+    recipe_fields = {f.name: f for f in dataclasses.fields(Recipe)}
+    hints = typing.get_type_hints(Recipe)
+    space = {}
+    for name, spec in raw.items():
+        at = f"{key}.{name}"
+        if name not in SEARCHABLE:
+            raise UserError(f"{file}: {at}: cannot be searched; fix: use one of {', '.join(SEARCHABLE)}")
+        p = from_dict(Param, spec, file, at + ".")
+        typ, meta = hints[name], recipe_fields[name].metadata
+        if p.type == "choice":
+            if not p.values:
+                raise UserError(f"{file}: {at}.values: a choice needs a non-empty list of values; fix: add them")
+            p.values = [_check(v, typ, meta, file, f"{at}.values") for v in p.values]
+        else:
+            for end in ("low", "high"):
+                if getattr(p, end) is None:
+                    raise UserError(f"{file}: {at}.{end}: required for type {p.type}; fix: add it")
+                bound_type = int if p.type == "int" else float
+                setattr(p, end, _check(getattr(p, end), bound_type, meta, file, f"{at}.{end}"))
+            if p.type == "int" and typ is not int:
+                raise UserError(f"{file}: {at}.type: {name} is a float; fix: use uniform or loguniform")
+            if p.type != "int" and typ is int:
+                raise UserError(f"{file}: {at}.type: {name} is an integer; fix: use int (or choice)")
+            if not p.low < p.high:
+                raise UserError(f"{file}: {at}: low must be < high (got low={p.low}, high={p.high}); fix: "
+                                f"swap or widen them")
+            if p.type == "loguniform" and p.low <= 0:
+                raise UserError(f"{file}: {at}.low: must be > 0 for loguniform (got {p.low}); fix: raise it "
+                                f"or use uniform")
+        space[name] = p
+    return space
 
 
 def _default(f):

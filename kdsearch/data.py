@@ -46,7 +46,7 @@ def resolve_source(source, path):
     path = Path(path)
     if source != "auto":
         return source
-    if is_archive(path) or ((path / "train").is_dir() and (path / "test").is_dir()):
+    if is_archive(path) or path.is_file() or ((path / "train").is_dir() and (path / "test").is_dir()):
         return "imagefolder"
     return "cifar10"
 
