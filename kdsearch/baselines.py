@@ -41,7 +41,8 @@ def run_key(recipe, data, seed, teacher_key=None):
 
 
 def run_baselines(study, data, store, device, log=log_stderr):
-    """Train (or reuse) the teacher and the fixed baselines; return one info dict per model, teacher first."""
+    """Train (or reuse) the teacher and the fixed baselines. Returns (rows, teacher, teacher_key): one info dict
+    per model, teacher first."""
     teacher, tinfo, tkey = get_teacher(study, data, store, device, log)
     rows = [tinfo]
     recipes = {name: getattr(study.baselines, name) for name in BASELINES}
@@ -54,7 +55,7 @@ def run_baselines(study, data, store, device, log=log_stderr):
         model, info = train_or_load(store, "runs", key, name, recipe, data, seed=study.seed, device=device,
                                     teacher_logits=logits, log=log)
         rows.append({**info, "name": name})
-    return rows
+    return rows, teacher, tkey
 
 
 def format_table(rows):

@@ -23,11 +23,34 @@ def cmd_baselines(args):
     study = _study(args)
     start = time.perf_counter()
     data, store, device = open_study(study, args.results)
-    rows = run_baselines(study, data, store, device)
+    rows, _, _ = run_baselines(study, data, store, device)
     out = Path(args.results) / study.name
     write_baselines(rows, out)
     print(format_table(rows))
     print(f"\nwrote {out / 'baselines.md'} and {out / 'baselines.json'} in {time.perf_counter() - start:.0f} s")
+
+
+def cmd_search(args):
+    study = _study(args)
+    if args.num_samples is not None and args.num_samples < 1:
+        raise UserError(f"--num-samples must be >= 1 (got {args.num_samples}); fix: give a positive number")
+    from .search import print_summary, run_search
+    report, written = run_search(study, args.study, args.results, name=args.name, num_samples=args.num_samples,
+                                 address=args.address)
+    print_summary(report, written)
+
+
+def cmd_report(args):
+    import json
+    from .report import render
+    from .search import print_summary
+    folder = Path(args.folder)
+    try:
+        report = json.loads((folder / "report.json").read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {folder / 'report.json'} ({type(e).__name__}); fix: give the folder of a "
+                        f"finished search, <results>/<name>") from None
+    print_summary(report, render(report, folder))
 
 
 def cmd_bench(args):
@@ -55,6 +78,14 @@ def build_parser():
 
     study_cmd("validate", cmd_validate, "check a study file without running anything", results=False)
     study_cmd("baselines", cmd_baselines, "train (or reuse) the teacher and the fixed student baselines")
+    study_cmd("search", cmd_search, "run the study: baselines, then the KD hyperparameter search, then the report")
+    s = sub.choices["search"]
+    s.add_argument("--name", help="name of this search's folder and MLflow parent run (default: the study name)")
+    s.add_argument("--num-samples", type=int, help="number of trials (overrides search.num_samples)")
+    s.add_argument("--address", help="join this Ray cluster (e.g. 10.0.0.5:6379) instead of starting a local one")
+    r = sub.add_parser("report", help="re-render a search's report from what is stored, training nothing")
+    r.add_argument("folder", help="<results>/<name> of a finished search")
+    r.set_defaults(fn=cmd_report)
     b = sub.add_parser("bench", help="the notebook's KD loop against kdsearch's KD and CE steps")
     b.add_argument("--data", default="data", help="dataset, as for the study commands (default: data)")
     b.add_argument("--batches", type=int, default=20, help="batches of 256 per measurement (default: 20)")

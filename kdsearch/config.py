@@ -202,7 +202,7 @@ def _space(raw, file, key):
                 if getattr(p, end) is None:
                     raise UserError(f"{file}: {at}.{end}: required for type {p.type}; fix: add it")
                 bound_type = int if p.type == "int" else float
-                setattr(p, end, _check(getattr(p, end), bound_type, meta, file, f"{at}.{end}"))
+                setattr(p, end, _check(spec[end], bound_type, meta, file, f"{at}.{end}"))
             if p.type == "int" and typ is not int:
                 raise UserError(f"{file}: {at}.type: {name} is a float; fix: use uniform or loguniform")
             if p.type != "int" and typ is int:
@@ -227,7 +227,7 @@ def _default(f):
 
 def _check(value, typ, meta, file, key):
     def fail(msg):
-        raise UserError(f"{file}: {key}: {msg} (got {value!r}); fix: change {key} in {file} so that it {msg}")
+        raise UserError(f"{file}: {key}: {msg} (got {value!r}); fix: edit {key} in {file}")
 
     optional = typing.get_origin(typ) is typing.Union and type(None) in typing.get_args(typ)
     if optional:

@@ -50,6 +50,23 @@ BAD_STUDIES = [
     ("name: x\nteacher: [1, 2]\n", "teacher: must be a mapping"),
     ("name: [x\n", "not valid YAML at line"),
     ("- 1\n- 2\n", "must be a mapping of keys"),
+    ("name: x\nspace:\n  lr: {type: loguniform, low: 0.01, high: 0.001}\n", "space.lr: low must be < high"),
+    ("name: x\nspace:\n  alpha: {type: uniform, low: 0.5, high: 1.5}\n", "space.alpha.high: must be <= 1"),
+    ("name: x\nspace:\n  alpha: {type: uniform, low: -0.1, high: 1}\n", "space.alpha.low: must be >= 0"),
+    ("name: x\nspace:\n  temperature: {type: uniform, low: 0, high: 5}\n", "space.temperature.low: must be > 0"),
+    ("name: x\nspace:\n  lr: {type: uniform, low: -1, high: 0.1}\n", "space.lr.low: must be > 0"),
+    ("name: x\nspace:\n  epochs: {type: int, low: 0, high: 5}\n", "space.epochs.low: must be >= 1"),
+    ("name: x\nspace:\n  epochs: {type: int, low: 2.5, high: 5}\n", "space.epochs.low: must be an int"),
+    ("name: x\nspace:\n  epochs: {type: choice, values: [10, 0]}\n", "space.epochs.values: must be >= 1"),
+    ("name: x\nspace:\n  lr: {type: loguniform, high: 0.1}\n", "space.lr.low: required for type loguniform"),
+    ("name: x\nspace:\n  lr: {type: gaussian, low: 0.1, high: 1}\n", "space.lr.type: must be one of"),
+    ("name: x\nspace:\n  momentum: {type: uniform, low: 0.1, high: 1}\n", "space.momentum: cannot be searched"),
+    ("name: x\nspace:\n  lr: {type: uniform, low: 0.1, high: 1, scale: 2}\n", "space.lr.scale: unknown key"),
+    ("name: x\nspace: {}\n", "space: must be a mapping of hyperparameters"),
+    ("name: x\nsearch:\n  num_samples: 0\n", "search.num_samples: must be >= 1"),
+    ("name: x\nsearch:\n  scheduler: hyperband\n", "search.scheduler: must be one of"),
+    ("name: x\nresources:\n  cpu: 0\n", "resources.cpu: must be > 0"),
+    ("name: x\nresources:\n  gpu: -1\n", "resources.gpu: must be >= 0"),
 ]
 
 
@@ -71,13 +88,15 @@ def test_user_errors_exit_2_with_one_line_and_write_nothing(tiny_study, tiny_arc
         ("baselines", tmp_path / "missing.yaml", "--results", tmp_path / "r2"),
         ("baselines", tiny_study, "--data", tmp_path / "nope.tar.gz", "--results", tmp_path / "r3"),
         ("validate", bad),
+        ("search", bad, "--data", tiny_archive, "--results", tmp_path / "r4"),
+        ("search", tiny_study, "--data", tiny_archive, "--results", tmp_path / "r5", "--num-samples", "0"),
     ]
     for args in cases:
         r = kdsearch(*args, cwd=tmp_path)
         assert r.returncode == 2, (args, r.stderr)
         assert r.stderr.startswith("kdsearch: error: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert "Traceback" not in r.stderr
-    assert not any((tmp_path / d).exists() for d in ("r1", "r2", "r3"))
+    assert not any((tmp_path / d).exists() for d in ("r1", "r2", "r3", "r4", "r5"))
     ok = kdsearch("validate", tiny_study, cwd=tmp_path)
     assert ok.returncode == 0 and "valid study 'tiny'" in ok.stdout
 

@@ -1,0 +1,309 @@
+"""The search: Ray Tune runs the trials, Optuna (TPE, seeded) proposes them, MLflow records them.
+
+A trial is `kd_trial(config, ...)`: a plain KD training of the student by the engine, whose report callback
+hands each epoch's metrics (and a checkpoint) to Tune. The data and the teacher's logit table go into Ray's
+object store once, as numpy arrays; every trial reads them zero-copy, so worker nodes need no data files.
+"""
+import dataclasses
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .baselines import open_study, run_baselines
+from .config import Recipe
+from .engine import evaluate, new_model, pick_device, set_threads, to_split, train
+from .models import count_params
+from .report import format_rows, render
+from .runs import log_stderr
+from .teacher import teacher_logits
+
+NOTEBOOK_KD = {"temperature": 4.5, "alpha": 0.8, "lr": 1e-3}
+
+
+def kd_trial(config, *, train_x, train_y, val_x, val_y, logits, base, seed, threads, use_gpu, num_classes):
+    """One KD training of the student with `config` (the searched values) over `base` (kd_reference's recipe).
+
+    Runs in a Ray worker: reports val_acc and train_loss every epoch, with a checkpoint of the student.
+    """
+    from ray import tune
+    set_threads(threads)
+    device = torch.device("cuda") if use_gpu and torch.cuda.is_available() else torch.device("cpu")
+    with warnings.catch_warnings():  # object-store arrays are read-only; nothing here writes to them
+        warnings.simplefilter("ignore", UserWarning)
+        train_split, val_split = to_split(train_x, train_y, device), to_split(val_x, val_y, device)
+        table = torch.from_numpy(logits).to(device)
+    recipe = Recipe(**{**base, **config})
+    model = new_model(recipe.model, num_classes, seed, device)
+    start = time.time()
+
+    def report(m):
+        with tempfile.TemporaryDirectory() as d:
+            torch.save(model.state_dict(), os.path.join(d, "student.pt"))
+            tune.report({**m, "epochs": recipe.epochs, "train_start": start, "wall": time.time()},
+                        checkpoint=tune.Checkpoint.from_directory(d))
+
+    train(model, recipe, train_split, seed=seed, view_seed=seed, val=val_split, teacher_logits=table, report=report)
+
+
+def optuna_space(space):
+    import optuna.distributions as od
+    out = {}
+    for name, p in space.items():
+        if p.type == "choice":
+            out[name] = od.CategoricalDistribution(p.values)
+        elif p.type == "int":
+            out[name] = od.IntDistribution(int(p.low), int(p.high), step=p.step or 1)
+        else:
+            out[name] = od.FloatDistribution(p.low, p.high, log=p.type == "loguniform")
+    return out
+
+
+def first_point(space, kd_reference, log):
+    """The notebook's KD settings (T 4.5, alpha 0.8, lr 1e-3, the study's kd_reference epochs), moved to the
+    nearest point of the space, so that the first trial is the reference."""
+    point = {}
+    for name, p in space.items():
+        value = NOTEBOOK_KD.get(name, getattr(kd_reference, name))
+        if p.type == "choice":
+            clipped = value if value in p.values else min(p.values, key=lambda v: abs(v - value))
+        else:
+            clipped = min(max(value, p.low), p.high)
+        if p.type == "int":
+            clipped = int(p.low + round((clipped - p.low) / (p.step or 1)) * (p.step or 1))
+            clipped = min(clipped, int(p.high))
+        if clipped != value:
+            log(f"search: the notebook's {name} = {value} lies outside the space; the first trial uses {clipped}")
+        point[name] = clipped
+    return point
+
+
+def max_epochs(space, kd_reference):
+    p = space.get("epochs")
+    if p is None:
+        return kd_reference.epochs
+    return int(max(p.values) if p.type == "choice" else p.high)
+
+
+def _pruning_optuna_search(**kwargs):
+    """OptunaSearch that tells Optuna the truth about trials a scheduler stopped early.
+
+    Ray's OptunaSearch reports every trial with a result as COMPLETE, so a trial ASHA stopped after 2 of 30
+    epochs would reach TPE as a finished trial with its 2-epoch score. A trial that ran fewer epochs than its
+    config asked for (and did not fail) is told to Optuna as PRUNED instead.
+    """
+    from optuna.trial import TrialState
+    from ray.tune.search.optuna import OptunaSearch
+
+    class PruningOptunaSearch(OptunaSearch):
+        def on_trial_complete(self, trial_id, result=None, error=False):
+            stopped = (not error and result and trial_id not in self._completed_trials
+                       and result.get("epoch", 0) < result.get("epochs", 0))
+            if not stopped:
+                return super().on_trial_complete(trial_id, result, error)
+            self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
+            self._completed_trials.add(trial_id)
+
+    return PruningOptunaSearch(**kwargs)
+
+
+def start_ray(address, log):
+    """Join `address`, or start a local Ray on 127.0.0.1 with the dashboard; return the dashboard URL."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no progress tables; we print our own lines
+    # a forced experiment snapshot per checkpoint is expected here (num_to_keep=1); do not warn about it
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if address is None:
+        # Ray's single-node path keeps the node and every listener on 127.0.0.1 (else it binds all interfaces).
+        # A local instance listens on loopback only, so we run it without Ray 2.60's token authentication:
+        # the dashboard then opens in a browser as is.
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+    if address is None:
+        ctx = ray.init(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False,
+                       configure_logging=False)
+    else:
+        ctx = ray.init(address=address, log_to_driver=False)
+    url = f"http://{ctx.dashboard_url}" if ctx.dashboard_url else "(dashboard not available)"
+    log(f"ray: {'started a local instance' if address is None else 'joined ' + address}; dashboard {url}")
+    return url
+
+
+def make_callback(tracker, space_names, log):
+    from ray import tune
+
+    class TrackTrials(tune.Callback):
+        """Driver-side: mirrors each trial into an MLflow child run (only the driver writes to MLflow)."""
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            tracker.start_trial(trial.trial_id, f"trial_{trial.trial_id}", trial.config)
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            tracker.log_epoch(trial.trial_id, result["epoch"], result)
+            log(f"trial {trial.trial_id}: epoch {result['epoch']}/{result['epochs']} val {result['val_acc']:.2f}% "
+                + " ".join(f"{k}={trial.config[k]:.4g}" for k in space_names if k in trial.config))
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            last = trial.last_result or {}
+            tracker.end_trial(trial.trial_id, "pruned" if last.get("epoch", 0) < last.get("epochs", 0) else "completed")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            tracker.end_trial(trial.trial_id, "failed")
+
+    return TrackTrials()
+
+
+def run_search(study, study_file, results, name=None, num_samples=None, address=None, log=log_stderr):
+    """The whole study: baselines, search, report. Returns the report dict."""
+    from . import tracking
+    t0 = time.time()
+    name = name or study.name
+    results = Path(results).resolve()
+    folder = results / name
+    num_samples = num_samples or study.search.num_samples
+    data, store, device = open_study(study, results)
+    rows, teacher, tkey = run_baselines(study, data, store, device, log)
+    kd_ref = study.baselines.kd_reference
+    epochs = max_epochs(study.space, kd_ref)
+    logits = teacher_logits(teacher, tkey, data, study.seed, epochs, store, log)
+    t_baselines = time.time()
+
+    uri = study.tracking.uri or tracking.default_uri(results)
+    tracker = tracking.Tracker(uri, study.tracking.experiment or study.name, results / "mlartifacts")
+    baseline_rows = [{"name": r["name"], "val_acc": r["val_acc"], "test_acc": r["test_acc"]} for r in rows]
+    tracker.start_parent(name, study_file, {"num_samples": num_samples, "scheduler": study.search.scheduler,
+                                            "seed": study.seed}, baseline_rows)
+    url = start_ray(address, log)
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+
+    def numpy_nhwc(split):
+        return split.x.permute(0, 2, 3, 1).contiguous().cpu().numpy(), split.y.cpu().numpy()
+
+    (tx, ty), (vx, vy) = numpy_nhwc(data.train), numpy_nhwc(data.val)
+    base = {k: v for k, v in dataclasses.asdict(kd_ref).items()}
+    res = study.resources
+    trainable = tune.with_resources(
+        tune.with_parameters(kd_trial, train_x=tx, train_y=ty, val_x=vx, val_y=vy, logits=logits.cpu().numpy(),
+                             base=base, seed=study.seed, threads=max(1, int(res.cpu)), use_gpu=res.gpu > 0,
+                             num_classes=len(data.classes)),
+        {"cpu": res.cpu, "gpu": res.gpu})
+    searcher = _pruning_optuna_search(space=optuna_space(study.space), metric="val_acc", mode="max",
+                                      points_to_evaluate=[first_point(study.space, kd_ref, log)],
+                                      seed=study.search.seed)
+    scheduler = None
+    if study.search.scheduler == "asha":
+        scheduler = ASHAScheduler(time_attr="epoch", metric="val_acc", mode="max", max_t=epochs,
+                                  grace_period=min(study.search.grace_period, epochs),
+                                  reduction_factor=study.search.reduction_factor)
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, study.search.max_concurrent),
+                                    scheduler=scheduler, num_samples=num_samples),
+        run_config=tune.RunConfig(name="ray", storage_path=str(folder), verbose=0,
+                                  callbacks=[make_callback(tracker, list(study.space), log)],
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+    t_ray = time.time()
+    grid = tuner.fit()
+    t_fit = time.time()
+
+    trials = _collect_trials(grid, searcher, list(study.space))
+    done = [t for t in trials if t["state"] == "completed"]
+    best_model, best_row, best = None, None, None
+    if done:
+        best = max(done, key=lambda t: t["val_acc"])
+        recipe = Recipe(**{**base, **best["params"]})
+        best_model = new_model(recipe.model, len(data.classes), study.seed, device)
+        ckpt = next(r for r in grid if r.metrics.get("trial_id") == best["trial_id"]).checkpoint
+        with ckpt.as_directory() as d:
+            best_model.load_state_dict(torch.load(os.path.join(d, "student.pt"), map_location=device,
+                                                  weights_only=True))
+        best_row = {"model": "kd_best", "params": count_params(best_model), "val_acc": best["val_acc"],
+                    "test_acc": evaluate(best_model, data.test), "config": dataclasses.asdict(recipe),
+                    "history": best["history"]}
+    report = {
+        "study": study.name, "name": name,
+        "rows": [{"model": r["name"], "params": r["params"], "val_acc": r["val_acc"], "test_acc": r["test_acc"],
+                  "config": r.get("recipe") or {"checkpoint": r.get("checkpoint")}, "history": r.get("history")}
+                 for r in rows] + ([best_row] if best_row else []),
+        "best_config": best["params"] if best else {},
+        "num_trials": len(trials),
+        "space": {k: dataclasses.asdict(v) for k, v in study.space.items()},
+        "trials": trials,
+        "mlflow": {"tracking_uri": uri, "experiment": tracker.experiment, "parent_run_id": tracker.parent,
+                   "ui_command": tracking.ui_command(uri)},
+        "dashboard": url,
+    }
+    written = render(report, folder)
+    example = None
+    if best_model is not None:
+        example = _example_input(data, device)
+    tracker.finish_parent({"kd_best_val_acc": best["val_acc"], "kd_best_test_acc": best_row["test_acc"]}
+                          if best else {}, best["params"] if best else {}, best_model, example, folder)
+    t_end = time.time()
+    train_union = _union([(t["train_start"], t["train_end"]) for t in trials if t["train_start"]])
+    baseline_train = sum(r["train_s"] for r in rows if not r.get("cached"))
+    report["timings"] = {"total_s": t_end - t0, "data_baselines_logits_s": t_baselines - t0,
+                         "baseline_training_s": baseline_train, "mlflow_and_ray_start_s": t_ray - t_baselines,
+                         "tuner_fit_s": t_fit - t_ray, "trial_training_s": train_union,
+                         "report_and_mlflow_model_s": t_end - t_fit,
+                         "outside_training_share": 1 - (train_union + baseline_train) / (t_end - t0)}
+    render(report, folder)
+    import ray
+    if address is None:
+        ray.shutdown()
+    return report, written
+
+
+def _example_input(data, device):
+    from .augment import plain_views
+    return plain_views(data.val.x, torch.arange(2, device=data.val.x.device)).contiguous().cpu().numpy()
+
+
+def _union(intervals):
+    total, end = 0.0, float("-inf")
+    for a, b in sorted(intervals):
+        if b > end:
+            total += b - max(a, end)
+            end = b
+    return total
+
+
+def _collect_trials(grid, searcher, names):
+    """One dict per trial, numbered in Optuna's order, with its Optuna state (completed / pruned / failed)."""
+    states = {}
+    for trial_id, ot_trial in searcher._ot_trials.items():
+        frozen = searcher._ot_study._storage.get_trial(ot_trial._trial_id)
+        states[trial_id] = (frozen.number, frozen.state.name.lower().replace("complete", "completed")
+                            .replace("fail", "failed"))
+    trials = []
+    for r in grid:
+        df = r.metrics_dataframe
+        tid = r.metrics.get("trial_id") if r.metrics else None
+        number, state = states.get(tid, (len(trials), "failed"))
+        history = [] if df is None else [{"epoch": int(e), "val_acc": float(v), "train_loss": float(l)}
+                                          for e, v, l in zip(df["epoch"], df["val_acc"], df["train_loss"])]
+        trials.append({"number": number, "trial_id": tid, "state": state if r.error is None else "failed",
+                       "params": {k: r.config[k] for k in names if k in r.config},
+                       "val_acc": history[-1]["val_acc"] if history else None, "epochs_run": len(history),
+                       "train_s": r.metrics.get("time_s", 0.0) if r.metrics else 0.0,
+                       "train_start": r.metrics.get("train_start") if r.metrics else None,
+                       "train_end": r.metrics.get("wall") if r.metrics else None, "history": history})
+    return sorted(trials, key=lambda t: t["number"])
+
+
+def print_summary(report, written, out=sys.stdout):
+    print(format_rows(report["rows"]), file=out)
+    t = report.get("timings")
+    if t:
+        print(f"\n{report['num_trials']} trials in {t['total_s']:.0f} s; "
+              f"{100 * t['outside_training_share']:.0f}% of the wall time outside training", file=out)
+    print(f"report: {written[1]}", file=out)
+    print(f"MLflow: {report['mlflow']['ui_command']}", file=out)

@@ -1,0 +1,84 @@
+"""Everything kdsearch writes to MLflow, from the driver only (an sqlite store does not like many writers).
+
+One experiment per study; one parent run per search (the study file, the baselines' metrics, the best result
+and the report); one child run per trial, tagged with mlflow.parentRunId, holding its parameters, its per-epoch
+val_acc and train_loss, and its final status.
+"""
+import os
+from pathlib import Path
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # send nothing off this machine
+
+import mlflow  # noqa: E402
+from mlflow.entities import Metric  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+
+def default_uri(results):
+    return f"sqlite:///{Path(results).resolve() / 'mlflow.db'}"
+
+
+def ui_command(uri):
+    return f"mlflow ui --backend-store-uri {uri}" if "://" not in uri or uri.startswith(("sqlite:", "file:")) \
+        else f"open {uri} in a browser"
+
+
+class Tracker:
+    def __init__(self, uri, experiment, artifact_root):
+        self.uri = uri
+        self.client = MlflowClient(uri)
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:
+            # an absolute artifact location: otherwise sqlite stores put artifacts under the caller's cwd
+            root = Path(artifact_root).resolve() / experiment
+            exp_id = self.client.create_experiment(experiment, artifact_location=root.as_uri())
+        else:
+            exp_id = exp.experiment_id
+        self.experiment, self.experiment_id = experiment, exp_id
+        self.parent = None
+        self.children = {}  # trial id -> run id
+
+    def start_parent(self, run_name, study_file, params, baseline_rows):
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags={"kdsearch.kind": "search"})
+        self.parent = run.info.run_id
+        self.client.log_artifact(self.parent, str(study_file))
+        for k, v in params.items():
+            self.client.log_param(self.parent, k, v)
+        metrics = [Metric(f"{r['name']}_{m}", r[m], 0, 0) for r in baseline_rows for m in ("val_acc", "test_acc")]
+        self.client.log_batch(self.parent, metrics=metrics)
+        return self.parent
+
+    def start_trial(self, trial_id, name, params):
+        run = self.client.create_run(self.experiment_id, run_name=name,
+                                     tags={"mlflow.parentRunId": self.parent, "kdsearch.trial_id": trial_id})
+        self.children[trial_id] = run.info.run_id
+        self.client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, str(v)) for k, v in params.items()])
+
+    def log_epoch(self, trial_id, epoch, metrics):
+        # one call per epoch: each sqlite write is its own transaction
+        ts = int(metrics.get("wall", 0) * 1000)
+        self.client.log_batch(self.children[trial_id],
+                              metrics=[Metric(k, float(metrics[k]), ts, epoch) for k in ("val_acc", "train_loss")])
+
+    def end_trial(self, trial_id, state):
+        """state: completed, pruned or failed (an MLflow tag; the run status is FINISHED, KILLED or FAILED)."""
+        run_id = self.children.get(trial_id)
+        if run_id is None:
+            return
+        self.client.set_tag(run_id, "kdsearch.state", state)
+        status = {"completed": "FINISHED", "pruned": "KILLED"}.get(state, "FAILED")
+        self.client.set_terminated(run_id, status)
+
+    def finish_parent(self, best_metrics, best_params, model, input_example, report_dir, status="FINISHED"):
+        self.client.log_batch(self.parent, metrics=[Metric(k, v, 0, 0) for k, v in best_metrics.items()],
+                              params=[mlflow.entities.Param(f"best_{k}", str(v)) for k, v in best_params.items()])
+        if model is not None:
+            mlflow.set_tracking_uri(self.uri)
+            with mlflow.start_run(run_id=self.parent):
+                import torch
+                mlflow.pytorch.log_model(model, name="kd_best", input_example=input_example,
+                                         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+        for f in sorted(Path(report_dir).iterdir()):
+            if f.is_file():
+                self.client.log_artifact(self.parent, str(f), artifact_path="report")
+        self.client.set_terminated(self.parent, status)
