@@ -12,12 +12,11 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .baselines import open_study, run_baselines
 from .config import Recipe
-from .engine import evaluate, new_model, pick_device, set_threads, to_split, train
+from .engine import evaluate, new_model, set_threads, to_split, train
 from .models import count_params
 from .report import format_rows, render
 from .runs import log_stderr
@@ -130,6 +129,8 @@ def start_ray(address, log):
                        configure_logging=False)
     else:
         ctx = ray.init(address=address, log_to_driver=False)
+    import optuna
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = f"http://{ctx.dashboard_url}" if ctx.dashboard_url else "(dashboard not available)"
     log(f"ray: {'started a local instance' if address is None else 'joined ' + address}; dashboard {url}")
     return url
@@ -160,26 +161,70 @@ def make_callback(tracker, space_names, log):
 
 
 def run_search(study, study_file, results, name=None, num_samples=None, address=None, log=log_stderr):
-    """The whole study: baselines, search, report. Returns the report dict."""
+    """The whole study: baselines, search, report. Returns (report, written paths)."""
     from . import tracking
     t0 = time.time()
     name = name or study.name
     results = Path(results).resolve()
     folder = results / name
-    num_samples = num_samples or study.search.num_samples
     data, store, device = open_study(study, results)
     rows, teacher, tkey = run_baselines(study, data, store, device, log)
     kd_ref = study.baselines.kd_reference
     epochs = max_epochs(study.space, kd_ref)
     logits = teacher_logits(teacher, tkey, data, study.seed, epochs, store, log)
-    t_baselines = time.time()
+    t_engine = time.time()
 
     uri = study.tracking.uri or tracking.default_uri(results)
     tracker = tracking.Tracker(uri, study.tracking.experiment or study.name, results / "mlartifacts")
-    baseline_rows = [{"name": r["name"], "val_acc": r["val_acc"], "test_acc": r["test_acc"]} for r in rows]
+    num_samples = num_samples or study.search.num_samples
     tracker.start_parent(name, study_file, {"num_samples": num_samples, "scheduler": study.search.scheduler,
-                                            "seed": study.seed}, baseline_rows)
-    url = start_ray(address, log)
+                                            "seed": study.seed},
+                         [{"name": r["name"], "val_acc": r["val_acc"], "test_acc": r["test_acc"]} for r in rows])
+    status = "FAILED"
+    try:
+        url = start_ray(address, log)
+        base = dataclasses.asdict(kd_ref)
+        tuner, searcher = _build_tuner(study, data, logits, base, epochs, num_samples, folder,
+                                       make_callback(tracker, list(study.space), log), log)
+        grid = tuner.fit()
+        trials = _collect_trials(grid, searcher, list(study.space))
+        best, best_model, best_row = _best_student(grid, trials, base, data, device, study.seed)
+        report = {
+            "study": study.name, "name": name,
+            "rows": [{"model": r["name"], "params": r["params"], "val_acc": r["val_acc"], "test_acc": r["test_acc"],
+                      "config": r.get("recipe") or {"checkpoint": r.get("checkpoint")}, "history": r.get("history")}
+                     for r in rows] + ([best_row] if best_row else []),
+            "best_config": best["params"] if best else {},
+            "num_trials": len(trials),
+            "space": {k: dataclasses.asdict(v) for k, v in study.space.items()},
+            "trials": trials,
+            "mlflow": {"tracking_uri": uri, "experiment": tracker.experiment, "parent_run_id": tracker.parent,
+                       "ui_command": tracking.ui_command(uri)},
+            "dashboard": url,
+        }
+        render(report, folder)
+        best_metrics = {"kd_best_val_acc": best["val_acc"], "kd_best_test_acc": best_row["test_acc"]} if best else {}
+        example = _example_input(data) if best_model is not None else None
+        tracker.finish_parent(best_metrics, report["best_config"], best_model, example, folder)
+        status = "FINISHED"
+        # the report is written again with the timings of the whole run, now that everything is done
+        train_s = _union([(t["train_start"], t["train_end"]) for t in trials if t["train_start"]])
+        total = time.time() - t0
+        report["timings"] = {"total_s": total, "engine_s": t_engine - t0, "trial_training_s": train_s,
+                             "overhead_s": total - (t_engine - t0) - train_s,
+                             "outside_training_share": (total - (t_engine - t0) - train_s) / total}
+        return report, render(report, folder)
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        tracker.close_parent(status)
+        if address is None:
+            import ray
+            ray.shutdown()
+
+
+def _build_tuner(study, data, logits, base, epochs, num_samples, folder, callback, log):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
@@ -188,7 +233,6 @@ def run_search(study, study_file, results, name=None, num_samples=None, address=
         return split.x.permute(0, 2, 3, 1).contiguous().cpu().numpy(), split.y.cpu().numpy()
 
     (tx, ty), (vx, vy) = numpy_nhwc(data.train), numpy_nhwc(data.val)
-    base = {k: v for k, v in dataclasses.asdict(kd_ref).items()}
     res = study.resources
     trainable = tune.with_resources(
         tune.with_parameters(kd_trial, train_x=tx, train_y=ty, val_x=vx, val_y=vy, logits=logits.cpu().numpy(),
@@ -196,7 +240,8 @@ def run_search(study, study_file, results, name=None, num_samples=None, address=
                              num_classes=len(data.classes)),
         {"cpu": res.cpu, "gpu": res.gpu})
     searcher = _pruning_optuna_search(space=optuna_space(study.space), metric="val_acc", mode="max",
-                                      points_to_evaluate=[first_point(study.space, kd_ref, log)],
+                                      points_to_evaluate=[first_point(study.space, study.baselines.kd_reference,
+                                                                      log)],
                                       seed=study.search.seed)
     scheduler = None
     if study.search.scheduler == "asha":
@@ -207,62 +252,29 @@ def run_search(study, study_file, results, name=None, num_samples=None, address=
         trainable,
         tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, study.search.max_concurrent),
                                     scheduler=scheduler, num_samples=num_samples),
-        run_config=tune.RunConfig(name="ray", storage_path=str(folder), verbose=0,
-                                  callbacks=[make_callback(tracker, list(study.space), log)],
+        run_config=tune.RunConfig(name="ray", storage_path=str(folder), verbose=0, callbacks=[callback],
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
-    t_ray = time.time()
-    grid = tuner.fit()
-    t_fit = time.time()
+    return tuner, searcher
 
-    trials = _collect_trials(grid, searcher, list(study.space))
+
+def _best_student(grid, trials, base, data, device, seed):
+    """The completed trial with the best final validation accuracy, its student (from its last checkpoint) and
+    its report row, with the test accuracy measured here, once."""
     done = [t for t in trials if t["state"] == "completed"]
-    best_model, best_row, best = None, None, None
-    if done:
-        best = max(done, key=lambda t: t["val_acc"])
-        recipe = Recipe(**{**base, **best["params"]})
-        best_model = new_model(recipe.model, len(data.classes), study.seed, device)
-        ckpt = next(r for r in grid if r.metrics.get("trial_id") == best["trial_id"]).checkpoint
-        with ckpt.as_directory() as d:
-            best_model.load_state_dict(torch.load(os.path.join(d, "student.pt"), map_location=device,
-                                                  weights_only=True))
-        best_row = {"model": "kd_best", "params": count_params(best_model), "val_acc": best["val_acc"],
-                    "test_acc": evaluate(best_model, data.test), "config": dataclasses.asdict(recipe),
-                    "history": best["history"]}
-    report = {
-        "study": study.name, "name": name,
-        "rows": [{"model": r["name"], "params": r["params"], "val_acc": r["val_acc"], "test_acc": r["test_acc"],
-                  "config": r.get("recipe") or {"checkpoint": r.get("checkpoint")}, "history": r.get("history")}
-                 for r in rows] + ([best_row] if best_row else []),
-        "best_config": best["params"] if best else {},
-        "num_trials": len(trials),
-        "space": {k: dataclasses.asdict(v) for k, v in study.space.items()},
-        "trials": trials,
-        "mlflow": {"tracking_uri": uri, "experiment": tracker.experiment, "parent_run_id": tracker.parent,
-                   "ui_command": tracking.ui_command(uri)},
-        "dashboard": url,
-    }
-    written = render(report, folder)
-    example = None
-    if best_model is not None:
-        example = _example_input(data, device)
-    tracker.finish_parent({"kd_best_val_acc": best["val_acc"], "kd_best_test_acc": best_row["test_acc"]}
-                          if best else {}, best["params"] if best else {}, best_model, example, folder)
-    t_end = time.time()
-    train_union = _union([(t["train_start"], t["train_end"]) for t in trials if t["train_start"]])
-    baseline_train = sum(r["train_s"] for r in rows if not r.get("cached"))
-    report["timings"] = {"total_s": t_end - t0, "data_baselines_logits_s": t_baselines - t0,
-                         "baseline_training_s": baseline_train, "mlflow_and_ray_start_s": t_ray - t_baselines,
-                         "tuner_fit_s": t_fit - t_ray, "trial_training_s": train_union,
-                         "report_and_mlflow_model_s": t_end - t_fit,
-                         "outside_training_share": 1 - (train_union + baseline_train) / (t_end - t0)}
-    render(report, folder)
-    import ray
-    if address is None:
-        ray.shutdown()
-    return report, written
+    if not done:
+        return None, None, None
+    best = max(done, key=lambda t: t["val_acc"])
+    recipe = Recipe(**{**base, **best["params"]})
+    model = new_model(recipe.model, len(data.classes), seed, device)
+    ckpt = next(r for r in grid if r.metrics.get("trial_id") == best["trial_id"]).checkpoint
+    with ckpt.as_directory() as d:
+        model.load_state_dict(torch.load(os.path.join(d, "student.pt"), map_location=device, weights_only=True))
+    row = {"model": "kd_best", "params": count_params(model), "val_acc": best["val_acc"],
+           "test_acc": evaluate(model, data.test), "config": dataclasses.asdict(recipe), "history": best["history"]}
+    return best, model, row
 
 
-def _example_input(data, device):
+def _example_input(data):
     from .augment import plain_views
     return plain_views(data.val.x, torch.arange(2, device=data.val.x.device)).contiguous().cpu().numpy()
 
@@ -278,11 +290,10 @@ def _union(intervals):
 
 def _collect_trials(grid, searcher, names):
     """One dict per trial, numbered in Optuna's order, with its Optuna state (completed / pruned / failed)."""
-    states = {}
-    for trial_id, ot_trial in searcher._ot_trials.items():
-        frozen = searcher._ot_study._storage.get_trial(ot_trial._trial_id)
-        states[trial_id] = (frozen.number, frozen.state.name.lower().replace("complete", "completed")
-                            .replace("fail", "failed"))
+    names_of = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "failed"}
+    frozen = {t.number: t for t in searcher._ot_study.get_trials(deepcopy=False)}
+    states = {tid: (t.number, names_of.get(frozen[t.number].state.name, "failed"))
+              for tid, t in searcher._ot_trials.items()}
     trials = []
     for r in grid:
         df = r.metrics_dataframe
@@ -303,7 +314,9 @@ def print_summary(report, written, out=sys.stdout):
     print(format_rows(report["rows"]), file=out)
     t = report.get("timings")
     if t:
-        print(f"\n{report['num_trials']} trials in {t['total_s']:.0f} s; "
-              f"{100 * t['outside_training_share']:.0f}% of the wall time outside training", file=out)
+        print(f"\n{report['num_trials']} trials; {t['total_s']:.0f} s in all: {t['engine_s']:.0f} s data, teacher, "
+              f"baselines and logits; {t['trial_training_s']:.0f} s training trials; {t['overhead_s']:.0f} s "
+              f"({100 * t['outside_training_share']:.1f}%) outside training (Ray, Optuna, MLflow, reporting)",
+              file=out)
     print(f"report: {written[1]}", file=out)
     print(f"MLflow: {report['mlflow']['ui_command']}", file=out)

@@ -69,16 +69,23 @@ class Tracker:
         status = {"completed": "FINISHED", "pruned": "KILLED"}.get(state, "FAILED")
         self.client.set_terminated(run_id, status)
 
-    def finish_parent(self, best_metrics, best_params, model, input_example, report_dir, status="FINISHED"):
+    def finish_parent(self, best_metrics, best_params, model, input_example, report_dir):
         self.client.log_batch(self.parent, metrics=[Metric(k, v, 0, 0) for k, v in best_metrics.items()],
                               params=[mlflow.entities.Param(f"best_{k}", str(v)) for k, v in best_params.items()])
         if model is not None:
+            import warnings
+            import torch
             mlflow.set_tracking_uri(self.uri)
-            with mlflow.start_run(run_id=self.parent):
-                import torch
+            with mlflow.start_run(run_id=self.parent), warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # torch.export's notes on a CPU-only model
+                # an explicit requirement list skips MLflow's 4-5 s dependency inference
                 mlflow.pytorch.log_model(model, name="kd_best", input_example=input_example,
                                          pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
         for f in sorted(Path(report_dir).iterdir()):
             if f.is_file():
                 self.client.log_artifact(self.parent, str(f), artifact_path="report")
-        self.client.set_terminated(self.parent, status)
+
+    def close_parent(self, status):
+        """FINISHED, KILLED (interrupted) or FAILED; never left RUNNING."""
+        if self.parent is not None:
+            self.client.set_terminated(self.parent, status)

@@ -1,5 +1,4 @@
 import io
-import shutil
 import tarfile
 
 import numpy as np
