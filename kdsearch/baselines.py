@@ -10,7 +10,7 @@ from .errors import UserError
 from .engine import pick_device, prepare, set_threads
 from .runs import log_stderr, train_or_load
 from .store import Store, make_key
-from .teacher import get_teacher, teacher_logits
+from .teacher import get_teacher, logit_epochs, teacher_logits
 
 BASELINES = ("student_mse", "student_ce", "kd_reference")
 NOTEBOOK_TEST_ACC = {"teacher": 88.77, "student_mse": 65.59, "kd_reference": 76.84}  # its (test-set-tuned) table
@@ -46,12 +46,11 @@ def run_baselines(study, data, store, device, log=log_stderr):
     teacher, tinfo, tkey = get_teacher(study, data, store, device, log)
     rows = [tinfo]
     recipes = {name: getattr(study.baselines, name) for name in BASELINES}
-    kd_epochs = max([r.epochs for r in recipes.values() if r.loss == "kd"], default=0)
     logits = None
     for name, recipe in recipes.items():
         key = run_key(recipe, data, study.seed, tkey)
         if recipe.loss == "kd" and logits is None and store.load_run("runs", key) is None:
-            logits = teacher_logits(teacher, tkey, data, study.seed, kd_epochs, store, log)
+            logits = teacher_logits(teacher, tkey, data, study.seed, logit_epochs(study), store, log)
         model, info = train_or_load(store, "runs", key, name, recipe, data, seed=study.seed, device=device,
                                     teacher_logits=logits, log=log)
         rows.append({**info, "name": name})

@@ -54,6 +54,8 @@ def cmd_report(args):
 
 
 def cmd_bench(args):
+    if args.batches < 1:
+        raise UserError(f"--batches must be >= 1 (got {args.batches}); fix: give a positive number")
     from .bench import format_bench, run_bench, write_json
     result = run_bench(args.data, batches=args.batches, threads=args.threads,
                        log=lambda m: print(m, file=sys.stderr))

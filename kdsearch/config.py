@@ -4,6 +4,7 @@ A study file only needs `name`; every other value has the notebook's default. Er
 path and the rule, e.g. `study.yaml: teacher.lr: must be > 0 (got -0.1)`.
 """
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,9 +14,9 @@ from .losses import LOSSES
 from .models import MODELS
 
 
-def rule(default=dataclasses.MISSING, *, choices=None, gt=None, ge=None, le=None, factory=None):
+def rule(default=dataclasses.MISSING, *, choices=None, gt=None, ge=None, le=None, pattern=None, factory=None):
     """A dataclass field with validation rules attached (checked by `from_dict`)."""
-    meta = {"choices": choices, "gt": gt, "ge": ge, "le": le}
+    meta = {"choices": choices, "gt": gt, "ge": ge, "le": le, "pattern": pattern}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -45,6 +46,7 @@ def _teacher_recipe():
 @dataclass
 class Teacher(Recipe):
     """The teacher's recipe (notebook: SGD 0.1, momentum 0.9, wd 5e-4, cosine over 50 epochs), or a checkpoint."""
+    loss: str = rule("ce", choices=["ce", "mse"])  # the teacher learns from labels only
     checkpoint: typing.Optional[str] = None  # a TeacherNet state_dict (.pt) to use instead of training one
 
 
@@ -90,7 +92,7 @@ def _default_space():
 class Search:
     num_samples: int = rule(20, ge=1)  # trials; --num-samples overrides
     max_concurrent: int = rule(2, ge=1)  # trials running at once
-    seed: int = 0  # seeds Optuna's sampler (TPE)
+    seed: int = rule(0, ge=0)  # seeds Optuna's sampler (TPE)
     scheduler: str = rule("none", choices=["none", "asha"])  # asha: stop poor trials early (see README)
     grace_period: int = rule(2, ge=1)  # ASHA: epochs every trial runs before it may be stopped
     reduction_factor: int = rule(3, ge=2)  # ASHA: keep the best 1/reduction_factor at each rung
@@ -99,7 +101,8 @@ class Search:
 @dataclass
 class Resources:
     cpu: float = rule(1.0, gt=0)  # CPUs per trial; torch threads in the trial match it
-    gpu: float = rule(0.0, ge=0)  # GPUs per trial; fractions share one GPU between trials
+    gpu: typing.Optional[float] = rule(None, ge=0)  # GPUs per trial (fractions share one); null: 1/max_concurrent
+    # of a GPU when torch sees one, else 0
 
 
 @dataclass
@@ -110,8 +113,8 @@ class Tracking:
 
 @dataclass
 class Study:
-    name: str = rule(choices=None)  # names the study's folder under the results directory
-    seed: int = 0  # seeds the split, the augmented views, initialisation and batch order
+    name: str = rule(pattern=r"[A-Za-z0-9_.-]+")  # names the study's folder and MLflow experiment
+    seed: int = rule(0, ge=0)  # seeds the split, the augmented views, initialisation and batch order
     device: str = rule("auto", choices=["auto", "cpu", "cuda"])  # auto: cuda when there is one
     threads: int = rule(0, ge=0)  # torch CPU threads; 0: one per core
     data: Data = rule(factory=Data)
@@ -145,9 +148,19 @@ def load_study(path, overrides=None):
         node = raw
         *parents, leaf = key.split(".")
         for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return from_dict(Study, raw, str(path))
+            if node.get(p) is None:
+                node[p] = {}
+            node = node[p]
+            if not isinstance(node, dict):
+                break  # from_dict reports the malformed section
+        else:
+            node[leaf] = value
+    study = from_dict(Study, raw, str(path))
+    ckpt = study.teacher.checkpoint
+    if ckpt and not Path(ckpt).expanduser().is_file():
+        raise UserError(f"{path}: teacher.checkpoint: {ckpt} does not exist; fix: give the path of a TeacherNet "
+                        f"state_dict, or remove the key to train the teacher")
+    return study
 
 
 def from_dict(cls, raw, file, prefix="", base=None):
@@ -243,6 +256,8 @@ def _check(value, typ, meta, file, key):
             pass
     if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
         fail(f"must be {'null or ' if optional else ''}{'a number' if typ is float else 'an ' + typ.__name__ if typ is int else 'a ' + typ.__name__}")
+    if meta.get("pattern") and not re.fullmatch(meta["pattern"], value):
+        fail("must be letters, digits, '_', '.' or '-' (it names a folder)")
     if meta.get("choices") and value not in meta["choices"]:
         fail(f"must be one of {', '.join(meta['choices'])}")
     if meta.get("gt") is not None and not value > meta["gt"]:

@@ -46,8 +46,13 @@ def resolve_source(source, path):
     path = Path(path)
     if source != "auto":
         return source
-    if is_archive(path) or path.is_file() or ((path / "train").is_dir() and (path / "test").is_dir()):
+    def has_splits(p):
+        return (p / "train").is_dir() and (p / "test").is_dir()
+
+    if is_archive(path) or path.is_file() or has_splits(path):
         return "imagefolder"
+    if path.is_dir() and any(has_splits(d) for d in path.iterdir() if d.is_dir()):
+        return "imagefolder"  # one wrapping folder around train/ and test/
     return "cifar10"
 
 
@@ -58,14 +63,16 @@ def load_arrays(source, path, cache_dir=None):
     if source == "imagefolder" and not path.exists():
         raise UserError(f"data path {path} does not exist; fix: give --data an image-folder archive (.tar.gz) "
                         f"or a folder with train/ and test/")
-    if source == "cifar10":
-        _download_cifar10(path)
+    if source == "cifar10" and not (cache_dir and (path / "cifar-10-batches-py").is_dir()):
+        _download_cifar10(path)  # otherwise torchvision's md5 check (a second or two) runs only on a cache miss
     key = _fingerprint(source, path)
     if cache_dir is not None:
         cached = _read_cache(Path(cache_dir) / "data" / key)
         if cached is not None:
             cached.key = key
             return cached
+    if source == "cifar10":
+        _download_cifar10(path)
     arrays = _decode_cifar10(path) if source == "cifar10" else _decode_imagefolder(path)
     arrays.key = key
     if cache_dir is not None:
@@ -107,13 +114,16 @@ def _read_cache(folder):
 def _write_cache(folder, arrays):
     # write into a temporary folder and rename it into place: a crash leaves no half-written cache behind
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
-    for name in _ARRAYS:
-        np.save(tmp / f"{name}.npy", getattr(arrays, name))
-    (tmp / "classes.json").write_text(json.dumps(arrays.classes))
     try:
+        tmp.mkdir(parents=True, exist_ok=True)
+        for name in _ARRAYS:
+            np.save(tmp / f"{name}.npy", getattr(arrays, name))
+        (tmp / "classes.json").write_text(json.dumps(arrays.classes))
+        shutil.rmtree(folder, ignore_errors=True)  # a damaged cache (one that failed to load) is replaced
         tmp.rename(folder)
-    except OSError:  # another process got there first
+    except OSError:  # another process got there first, or the disk is full: the cache is only an optimisation
+        pass
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -16,11 +16,12 @@ import torch
 
 from .baselines import open_study, run_baselines
 from .config import Recipe
+from .errors import UserError
 from .engine import evaluate, new_model, set_threads, to_split, train
 from .models import count_params
 from .report import format_rows, render
 from .runs import log_stderr
-from .teacher import teacher_logits
+from .teacher import logit_epochs, teacher_logits
 
 NOTEBOOK_KD = {"temperature": 4.5, "alpha": 0.8, "lr": 1e-3}
 
@@ -82,13 +83,6 @@ def first_point(space, kd_reference, log):
     return point
 
 
-def max_epochs(space, kd_reference):
-    p = space.get("epochs")
-    if p is None:
-        return kd_reference.epochs
-    return int(max(p.values) if p.type == "choice" else p.high)
-
-
 def _pruning_optuna_search(**kwargs):
     """OptunaSearch that tells Optuna the truth about trials a scheduler stopped early.
 
@@ -125,10 +119,16 @@ def start_ray(address, log):
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
     if address is None:
-        ctx = ray.init(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False,
+        # "local": a new instance even when RAY_ADDRESS is set or a `ray start` cluster runs on this machine
+        ctx = ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False,
                        configure_logging=False)
     else:
-        ctx = ray.init(address=address, log_to_driver=False)
+        try:
+            ctx = ray.init(address=address, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise UserError(f"cannot join the Ray cluster at --address {address} ({type(e).__name__}: "
+                            f"{str(e)[:120]}); fix: check the address (ray status on the head node), and set "
+                            f"RAY_AUTH_MODE=token if the cluster uses token authentication") from None
     import optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = f"http://{ctx.dashboard_url}" if ctx.dashboard_url else "(dashboard not available)"
@@ -160,9 +160,25 @@ def make_callback(tracker, space_names, log):
     return TrackTrials()
 
 
+def trial_resources(study, address):
+    """(cpus, gpus) per trial. On a local Ray they are checked against this machine: Tune would otherwise wait
+    forever for resources that do not exist."""
+    res, conc = study.resources, study.search.max_concurrent
+    gpus = res.gpu if res.gpu is not None else (1 / conc if torch.cuda.is_available() else 0.0)
+    if address is None:
+        cores, n_gpu = os.cpu_count() or 1, torch.cuda.device_count()
+        if res.cpu > cores:
+            raise UserError(f"resources.cpu is {res.cpu} but this machine has {cores} cores; fix: lower it")
+        if gpus > n_gpu:
+            raise UserError(f"resources.gpu is {gpus} but torch sees {n_gpu} GPU(s) here; fix: set resources.gpu "
+                            f"to 0 (or null: automatic)")
+    return res.cpu, gpus
+
+
 def run_search(study, study_file, results, name=None, num_samples=None, address=None, log=log_stderr):
     """The whole study: baselines, search, report. Returns (report, written paths)."""
     from . import tracking
+    cpus, gpus = trial_resources(study, address)
     t0 = time.time()
     name = name or study.name
     results = Path(results).resolve()
@@ -170,12 +186,16 @@ def run_search(study, study_file, results, name=None, num_samples=None, address=
     data, store, device = open_study(study, results)
     rows, teacher, tkey = run_baselines(study, data, store, device, log)
     kd_ref = study.baselines.kd_reference
-    epochs = max_epochs(study.space, kd_ref)
+    epochs = logit_epochs(study)
     logits = teacher_logits(teacher, tkey, data, study.seed, epochs, store, log)
     t_engine = time.time()
 
     uri = study.tracking.uri or tracking.default_uri(results)
-    tracker = tracking.Tracker(uri, study.tracking.experiment or study.name, results / "mlartifacts")
+    try:
+        tracker = tracking.Tracker(uri, study.tracking.experiment or study.name, results / "mlartifacts")
+    except Exception as e:  # an unreachable server, a bad URI, a deleted experiment of that name
+        raise UserError(f"cannot use the MLflow store {uri} ({type(e).__name__}: {str(e)[:150]}); fix: check "
+                        f"tracking.uri, or restore or rename tracking.experiment") from None
     num_samples = num_samples or study.search.num_samples
     tracker.start_parent(name, study_file, {"num_samples": num_samples, "scheduler": study.search.scheduler,
                                             "seed": study.seed},
@@ -184,11 +204,14 @@ def run_search(study, study_file, results, name=None, num_samples=None, address=
     try:
         url = start_ray(address, log)
         base = dataclasses.asdict(kd_ref)
-        tuner, searcher = _build_tuner(study, data, logits, base, epochs, num_samples, folder,
+        tuner, searcher = _build_tuner(study, data, logits, base, epochs, num_samples, folder, (cpus, gpus),
                                        make_callback(tracker, list(study.space), log), log)
         grid = tuner.fit()
         trials = _collect_trials(grid, searcher, list(study.space))
         best, best_model, best_row = _best_student(grid, trials, base, data, device, study.seed)
+        if best is None:
+            raise UserError(f"none of the {len(trials)} trials completed; fix: read the trials' errors in "
+                            f"{folder / 'ray'}/*/error.txt")
         report = {
             "study": study.name, "name": name,
             "rows": [{"model": r["name"], "params": r["params"], "val_acc": r["val_acc"], "test_acc": r["test_acc"],
@@ -224,7 +247,7 @@ def run_search(study, study_file, results, name=None, num_samples=None, address=
             ray.shutdown()
 
 
-def _build_tuner(study, data, logits, base, epochs, num_samples, folder, callback, log):
+def _build_tuner(study, data, logits, base, epochs, num_samples, folder, resources, callback, log):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
@@ -233,12 +256,12 @@ def _build_tuner(study, data, logits, base, epochs, num_samples, folder, callbac
         return split.x.permute(0, 2, 3, 1).contiguous().cpu().numpy(), split.y.cpu().numpy()
 
     (tx, ty), (vx, vy) = numpy_nhwc(data.train), numpy_nhwc(data.val)
-    res = study.resources
+    cpus, gpus = resources
     trainable = tune.with_resources(
         tune.with_parameters(kd_trial, train_x=tx, train_y=ty, val_x=vx, val_y=vy, logits=logits.cpu().numpy(),
-                             base=base, seed=study.seed, threads=max(1, int(res.cpu)), use_gpu=res.gpu > 0,
+                             base=base, seed=study.seed, threads=max(1, int(cpus)), use_gpu=gpus > 0,
                              num_classes=len(data.classes)),
-        {"cpu": res.cpu, "gpu": res.gpu})
+        {"cpu": cpus, "gpu": gpus})
     searcher = _pruning_optuna_search(space=optuna_space(study.space), metric="val_acc", mode="max",
                                       points_to_evaluate=[first_point(study.space, study.baselines.kd_reference,
                                                                       log)],

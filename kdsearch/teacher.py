@@ -67,6 +67,16 @@ def load_checkpoint(path, model_name, num_classes, device):
     return model
 
 
+def logit_epochs(study):
+    """Epochs of the study's logit table: the longest KD run, baseline or trial, that the study can make."""
+    kd = [getattr(study.baselines, n).epochs for n in ("student_mse", "student_ce", "kd_reference")
+          if getattr(study.baselines, n).loss == "kd"]
+    p = study.space.get("epochs")
+    searched = study.baselines.kd_reference.epochs if p is None else int(
+        max(p.values) if p.type == "choice" else p.high)
+    return max(kd + [searched])
+
+
 def teacher_logits(teacher, teacher_key, data, seed, epochs, store, log=log_stderr):
     """(epochs, N_train, classes) float32 teacher logits of every augmented view, on the data's device."""
     key = make_key("logits", teacher_key, data.key, seed, epochs)

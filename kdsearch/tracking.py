@@ -28,6 +28,9 @@ class Tracker:
         self.uri = uri
         self.client = MlflowClient(uri)
         exp = self.client.get_experiment_by_name(experiment)
+        if exp is not None and exp.lifecycle_stage == "deleted":
+            raise ValueError(f"experiment {experiment!r} was deleted; restore it (mlflow experiments restore) or "
+                             f"choose another tracking.experiment")
         if exp is None:
             # an absolute artifact location: otherwise sqlite stores put artifacts under the caller's cwd
             root = Path(artifact_root).resolve() / experiment
@@ -73,8 +76,10 @@ class Tracker:
         self.client.log_batch(self.parent, metrics=[Metric(k, v, 0, 0) for k, v in best_metrics.items()],
                               params=[mlflow.entities.Param(f"best_{k}", str(v)) for k, v in best_params.items()])
         if model is not None:
+            import copy
             import warnings
             import torch
+            model = copy.deepcopy(model).float().cpu().eval()  # the example input is a CPU array
             mlflow.set_tracking_uri(self.uri)
             with mlflow.start_run(run_id=self.parent), warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # torch.export's notes on a CPU-only model

@@ -45,7 +45,7 @@ def tiny_archive(tiny_files, tmp_path_factory):
     return write_archive(tmp_path_factory.mktemp("data") / "tiny.tar.gz", tiny_files)
 
 
-TINY_STUDY = """\
+TINY_BASE = """\
 name: tiny
 seed: 0
 threads: 2
@@ -59,6 +59,14 @@ baselines:
   student_ce: {epochs: 1, batch_size: 64}
   kd_reference: {epochs: 2, batch_size: 64}
 """
+TINY_SPACE = """\
+space:
+  temperature: {type: loguniform, low: 1, high: 20}
+  alpha: {type: uniform, low: 0, high: 1}
+  lr: {type: loguniform, low: 0.0001, high: 0.01}
+  epochs: {type: int, low: 1, high: 2}
+"""
+TINY_STUDY = TINY_BASE + TINY_SPACE  # the teacher's logit table: 2 epochs, the longest KD run of the study
 
 
 @pytest.fixture

@@ -45,7 +45,7 @@ BAD_STUDIES = [
     ("name: x\nteacher:\n  epochs: 0\n", "teacher.epochs: must be >= 1"),
     ("name: x\nteacher:\n  epochs: ten\n", "teacher.epochs: must be an int"),
     ("name: x\ndata:\n  val_size: true\n", "data.val_size: must be an int"),
-    ("name: x\nteacher:\n  loss: hinge\n", "teacher.loss: must be one of ce, kd, mse"),
+    ("name: x\nbaselines:\n  student_ce:\n    loss: hinge\n", "baselines.student_ce.loss: must be one of ce, kd, mse"),
     ("seed: 1\n", "name: required key is missing"),
     ("name: x\nteacher: [1, 2]\n", "teacher: must be a mapping"),
     ("name: [x\n", "not valid YAML at line"),
@@ -67,6 +67,11 @@ BAD_STUDIES = [
     ("name: x\nsearch:\n  scheduler: hyperband\n", "search.scheduler: must be one of"),
     ("name: x\nresources:\n  cpu: 0\n", "resources.cpu: must be > 0"),
     ("name: x\nresources:\n  gpu: -1\n", "resources.gpu: must be >= 0"),
+    ("name: x\nteacher:\n  loss: kd\n", "teacher.loss: must be one of ce, mse"),
+    ("name: x\nseed: -1\n", "seed: must be >= 0"),
+    ("name: x\nsearch:\n  seed: -3\n", "search.seed: must be >= 0"),
+    ("name: a/b\n", "name: must be letters, digits"),
+    ("name: x\nteacher:\n  checkpoint: nowhere/teacher.pt\n", "teacher.checkpoint: nowhere/teacher.pt does not exist"),
 ]
 
 
@@ -80,9 +85,17 @@ def test_each_bad_study_gets_a_one_line_error_naming_file_and_key(text, message,
     assert "\n" not in str(e.value)
 
 
+def test_data_override_into_an_empty_section(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("name: x\ndata:\n")
+    assert load_study(path, {"data.path": "elsewhere", "data.source": "auto"}).data.path == "elsewhere"
+
+
 def test_user_errors_exit_2_with_one_line_and_write_nothing(tiny_study, tiny_archive, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nteacher:\n  lr: -1\n")
+    cpu_hungry = tmp_path / "hungry.yaml"  # a local Ray would wait forever for 999 cores
+    cpu_hungry.write_text(tiny_study.read_text() + "resources:\n  cpu: 999\n")
     cases = [
         ("baselines", bad, "--data", tiny_archive, "--results", tmp_path / "r1"),
         ("baselines", tmp_path / "missing.yaml", "--results", tmp_path / "r2"),
@@ -90,15 +103,29 @@ def test_user_errors_exit_2_with_one_line_and_write_nothing(tiny_study, tiny_arc
         ("validate", bad),
         ("search", bad, "--data", tiny_archive, "--results", tmp_path / "r4"),
         ("search", tiny_study, "--data", tiny_archive, "--results", tmp_path / "r5", "--num-samples", "0"),
+        ("search", cpu_hungry, "--data", tiny_archive, "--results", tmp_path / "r6"),
+        ("bench", "--data", tiny_archive, "--batches", "0"),
     ]
     for args in cases:
         r = kdsearch(*args, cwd=tmp_path)
         assert r.returncode == 2, (args, r.stderr)
         assert r.stderr.startswith("kdsearch: error: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert "Traceback" not in r.stderr
-    assert not any((tmp_path / d).exists() for d in ("r1", "r2", "r3", "r4", "r5"))
+    assert not any((tmp_path / d).exists() for d in ("r1", "r2", "r3", "r4", "r5", "r6"))
     ok = kdsearch("validate", tiny_study, cwd=tmp_path)
     assert ok.returncode == 0 and "valid study 'tiny'" in ok.stdout
+
+
+def test_the_engine_runs_without_ray_optuna_or_mlflow(tiny_study, tiny_archive, tmp_path):
+    """The engine imports none of them: a machine without them (a GPU box) can train and report baselines."""
+    code = ("import sys\n"
+            "for m in ('ray', 'optuna', 'mlflow'): sys.modules[m] = None  # any import of them now fails\n"
+            "from kdsearch.cli import main\n"
+            f"sys.exit(main(['baselines', {str(tiny_study)!r}, '--data', {str(tiny_archive)!r}, "
+            f"'--results', {str(tmp_path / 'r')!r}]))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "kd_reference" in r.stdout
 
 
 def test_shipped_study_files_are_valid():

@@ -35,6 +35,13 @@ def test_folder_and_archive_give_the_same_arrays(tiny_archive, tmp_path):
         assert np.array_equal(a.train_x, b.train_x) and np.array_equal(a.test_y, b.test_y)
 
 
+def test_auto_source_finds_an_image_folder_inside_one_wrapping_folder(tiny_archive, tmp_path):
+    with tarfile.open(tiny_archive) as tf:
+        tf.extractall(tmp_path, filter="data")  # tmp_path/tiny/{train,test}
+    a = load_arrays("auto", tmp_path)
+    assert a.classes == CLASSES and len(a.train_y) == 10 * TRAIN_PER_CLASS
+
+
 def test_decoded_arrays_are_cached_and_a_changed_source_is_not_served_stale(tiny_files, tmp_path):
     src, cache = tmp_path / "d.tar.gz", tmp_path / "cache"
     write_archive(src, tiny_files)

@@ -6,7 +6,7 @@ import sys
 
 from optuna.trial import TrialState
 
-from conftest import TINY_STUDY
+from conftest import TINY_BASE
 from kdsearch.config import Param
 from kdsearch.search import _pruning_optuna_search, optuna_space
 
@@ -47,7 +47,7 @@ resources:
 
 def test_asha_search_records_stopped_trials_as_pruned_everywhere(tiny_archive, tmp_path):
     study = tmp_path / "asha.yaml"
-    study.write_text(TINY_STUDY.replace("kd_reference: {epochs: 2,", "kd_reference: {epochs: 3,") + ASHA)
+    study.write_text(TINY_BASE.replace("kd_reference: {epochs: 2,", "kd_reference: {epochs: 3,") + ASHA)
     r = subprocess.run([sys.executable, "-m", "kdsearch", "search", str(study), "--data", str(tiny_archive),
                         "--results", str(tmp_path / "results")], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]

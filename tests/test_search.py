@@ -9,11 +9,6 @@ import pytest
 from conftest import TINY_STUDY
 
 SEARCH = """\
-space:
-  temperature: {type: loguniform, low: 1, high: 20}
-  alpha: {type: uniform, low: 0, high: 1}
-  lr: {type: loguniform, low: 0.0001, high: 0.01}
-  epochs: {type: int, low: 1, high: 2}
 search:
   num_samples: 3
   max_concurrent: 2

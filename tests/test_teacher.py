@@ -85,3 +85,31 @@ def test_checkpoints_that_do_not_fit_get_a_clear_error(tmp_path):
         load_checkpoint(tmp_path / "dict.pt", "teacher", 10, cpu)
     with pytest.raises(UserError, match=r"missing.pt does not exist"):
         load_checkpoint(tmp_path / "missing.pt", "teacher", 10, cpu)
+
+
+def test_training_pairs_each_epochs_views_with_that_epochs_logits(data, tmp_path):
+    """engine.train on the table equals a hand-written loop that runs the teacher online on the same views."""
+    from kdsearch.engine import Split, train
+    cpu = torch.device("cpu")
+    small = Split(data.train.x[:128], data.train.y[:128])
+    teacher = new_model("teacher", 10, 1, cpu).eval()
+    table = teacher_logits(teacher, "t", type(data)(small, data.val, data.test, data.classes, "small"), seed=7,
+                           epochs=2, store=Store(tmp_path), log=lambda m: None)
+    recipe = Recipe(loss="kd", epochs=2, batch_size=64, lr=1e-2)
+    cached = new_model("student", 10, 0, cpu)
+    train(cached, recipe, small, seed=3, view_seed=7, teacher_logits=table)
+
+    online = new_model("student", 10, 0, cpu)
+    opt = torch.optim.Adam(online.parameters(), lr=1e-2)
+    order = torch.Generator().manual_seed(3)
+    for epoch in range(2):
+        online.train()
+        perm = torch.randperm(128, generator=order)
+        for i in range(0, 128, 64):
+            idx = perm[i:i + 64]
+            x = augmented_views(small.x, idx, 7, epoch)
+            with torch.no_grad():
+                t = teacher(x)
+            train_step(online, opt, LOSSES["kd"], recipe, x, small.y[idx], t)
+    for (name, p), q in zip(cached.named_parameters(), online.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)
