@@ -52,6 +52,7 @@ def _trials_csv(report, path):
 
 def _plots(report, folder):
     import matplotlib
+    import matplotlib.ticker
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -86,6 +87,7 @@ def _plots(report, folder):
             ax.scatter(xs, [t["val_acc"] for t in trials], c=[colors.get(t["state"], "k") for t in trials], s=20)
             if report["space"].get(name, {}).get("type") == "loguniform":
                 ax.set_xscale("log")
+                ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels overlap
             ax.set(xlabel=name, ylabel="val acc (%)")
         fig.suptitle("Validation accuracy against each hyperparameter")
         paths.append(_save(fig, folder / "params.png"))
