@@ -57,13 +57,19 @@ def run_baselines(study, data, store, device, log=log_stderr):
     return rows, teacher, tkey
 
 
-def format_table(rows):
-    head = f"{'model':<14}{'params':>11}{'val acc':>10}{'test acc':>10}{'notebook':>10}{'train time':>12}"
+def format_table(rows, times=True):
+    """The models table: rows need name (or model), params, val_acc, test_acc, and train_s when `times`."""
+    head = f"{'model':<14}{'params':>11}{'val acc':>10}{'test acc':>10}{'notebook':>10}"
+    head += f"{'train time':>12}" if times else ""
     lines = [head, "-" * len(head)]
     for r in rows:
-        ref = NOTEBOOK_TEST_ACC.get(r["name"])
-        lines.append(f"{r['name']:<14}{r['params']:>11,}{r['val_acc']:>9.2f}%{r['test_acc']:>9.2f}%"
-                     f"{(f'{ref:.2f}%' if ref else '-'):>10}{r['train_s']:>10.1f} s" + ("  (stored)" if r.get("cached") else ""))
+        name = r.get("name") or r["model"]
+        ref = NOTEBOOK_TEST_ACC.get(name)
+        line = (f"{name:<14}{r['params']:>11,}{r['val_acc']:>9.2f}%{r['test_acc']:>9.2f}%"
+                f"{(f'{ref:.2f}%' if ref else '-'):>10}")
+        if times:
+            line += f"{r['train_s']:>10.1f} s" + ("  (stored)" if r.get("cached") else "")
+        lines.append(line)
     return "\n".join(lines)
 
 

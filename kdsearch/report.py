@@ -4,19 +4,13 @@ import csv
 import json
 from pathlib import Path
 
-from .baselines import NOTEBOOK_TEST_ACC
+from .baselines import format_table
 
 ROW_ORDER = ("teacher", "student_mse", "student_ce", "kd_reference", "kd_best")
 
 
 def format_rows(rows):
-    head = f"{'model':<14}{'params':>11}{'val acc':>10}{'test acc':>10}{'notebook':>10}"
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        ref = NOTEBOOK_TEST_ACC.get(r["model"])
-        lines.append(f"{r['model']:<14}{r['params']:>11,}{r['val_acc']:>9.2f}%{r['test_acc']:>9.2f}%"
-                     f"{(f'{ref:.2f}%' if ref else '-'):>10}")
-    return "\n".join(lines)
+    return format_table(rows, times=False)
 
 
 def render(report, folder):
