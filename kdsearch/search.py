@@ -115,6 +115,7 @@ def start_ray(address, log):
         # Ray's single-node path keeps the node and every listener on 127.0.0.1 (else it binds all interfaces).
         # A local instance listens on loopback only, so we run it without Ray 2.60's token authentication:
         # the dashboard then opens in a browser as is.
+        # Ray reads it when imported: nothing in kdsearch imports ray before this point.
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
@@ -132,7 +133,8 @@ def start_ray(address, log):
     import optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = f"http://{ctx.dashboard_url}" if ctx.dashboard_url else "(dashboard not available)"
-    log(f"ray: {'started a local instance' if address is None else 'joined ' + address}; dashboard {url}")
+    node = ray.nodes()[0]["NodeManagerAddress"] if address is None else None
+    log(f"ray: {f'started a local instance on {node}' if node else 'joined ' + address}; dashboard {url}")
     return url
 
 

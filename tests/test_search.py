@@ -53,6 +53,7 @@ def test_report_has_every_row_and_the_notebook_point_came_first(searched):
     for png in ("history.png", "params.png", "curves.png"):
         assert (results / "tiny" / png).stat().st_size > 1000
     assert "report.md" in first.stdout and "mlflow ui --backend-store-uri sqlite:///" in first.stdout
+    assert "ray: started a local instance on 127.0.0.1; dashboard http://127.0.0.1:" in first.stderr
     assert "kd_best" in first.stdout
 
 
@@ -96,3 +97,17 @@ def test_report_command_rerenders_without_training(searched, tmp_path):
     assert (results / "tiny" / "report.md").exists() and "kd_best" in r.stdout and r.stderr == ""
     bad = kdsearch("report", tmp_path / "nothing", cwd=tmp_path)
     assert bad.returncode == 2 and bad.stderr.startswith("kdsearch: error:") and "report.json" in bad.stderr
+
+
+def test_the_local_ray_serves_its_dashboard_on_loopback_without_a_token(tmp_path):
+    code = ("import urllib.request\n"
+            "from kdsearch.search import start_ray\n"
+            "url = start_ray(None, print)\n"
+            "import ray\n"
+            "assert url.startswith('http://127.0.0.1:'), url\n"
+            "print(urllib.request.urlopen(url + '/api/cluster_status', timeout=30).status)\n"
+            "print(ray.nodes()[0]['NodeManagerAddress'])\n"
+            "ray.shutdown()\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split()[-2:] == ["200", "127.0.0.1"]  # open (no 401) and the node stays on loopback
