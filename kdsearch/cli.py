@@ -32,6 +32,11 @@ def cmd_baselines(args):
 
 def cmd_search(args):
     study = _study(args)
+    import re
+    from .config import NAME_PATTERN
+    if args.name is not None and not re.fullmatch(NAME_PATTERN, args.name):
+        raise UserError(f"--name {args.name!r} must be a plain folder name (letters, digits, '_', '.', '-'); "
+                        f"fix: give another --name")
     if args.num_samples is not None and args.num_samples < 1:
         raise UserError(f"--num-samples must be >= 1 (got {args.num_samples}); fix: give a positive number")
     from .search import print_summary, run_search

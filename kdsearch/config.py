@@ -69,6 +69,7 @@ class Data:
     train_subset: typing.Optional[int] = rule(None, ge=1)  # train on a stratified subset of this size (quick runs)
 
 
+NAME_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_.-]*"  # a plain folder name: no path separators, no leading dot
 SEARCHABLE = ("temperature", "alpha", "lr", "epochs", "weight_decay", "batch_size")  # Recipe fields a space may hold
 
 
@@ -113,7 +114,7 @@ class Tracking:
 
 @dataclass
 class Study:
-    name: str = rule(pattern=r"[A-Za-z0-9_.-]+")  # names the study's folder and MLflow experiment
+    name: str = rule(pattern=NAME_PATTERN)  # names the study's folder and MLflow experiment
     seed: int = rule(0, ge=0)  # seeds the split, the augmented views, initialisation and batch order
     device: str = rule("auto", choices=["auto", "cpu", "cuda"])  # auto: cuda when there is one
     threads: int = rule(0, ge=0)  # torch CPU threads; 0: one per core
@@ -156,6 +157,10 @@ def load_study(path, overrides=None):
         else:
             node[leaf] = value
     study = from_dict(Study, raw, str(path))
+    ref = study.baselines.kd_reference
+    if ref.loss != "kd" or ref.model != "student":
+        raise UserError(f"{path}: baselines.kd_reference: must be KD of the student (loss: kd, model: student), as "
+                        f"every trial starts from it; fix: edit baselines.kd_reference in {path}")
     ckpt = study.teacher.checkpoint
     if ckpt and not Path(ckpt).expanduser().is_file():
         raise UserError(f"{path}: teacher.checkpoint: {ckpt} does not exist; fix: give the path of a TeacherNet "
@@ -257,7 +262,7 @@ def _check(value, typ, meta, file, key):
     if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
         fail(f"must be {'null or ' if optional else ''}{'a number' if typ is float else 'an ' + typ.__name__ if typ is int else 'a ' + typ.__name__}")
     if meta.get("pattern") and not re.fullmatch(meta["pattern"], value):
-        fail("must be letters, digits, '_', '.' or '-' (it names a folder)")
+        fail("must be letters, digits, '_', '.' or '-', not starting with '.' (it names a folder)")
     if meta.get("choices") and value not in meta["choices"]:
         fail(f"must be one of {', '.join(meta['choices'])}")
     if meta.get("gt") is not None and not value > meta["gt"]:

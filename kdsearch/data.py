@@ -46,8 +46,8 @@ def resolve_source(source, path):
     path = Path(path)
     if source != "auto":
         return source
-    def has_splits(p):
-        return (p / "train").is_dir() and (p / "test").is_dir()
+    def has_splits(p):  # either split: a folder missing the other gets the clear image-folder error
+        return (p / "train").is_dir() or (p / "test").is_dir()
 
     if is_archive(path) or path.is_file() or has_splits(path):
         return "imagefolder"
@@ -56,13 +56,20 @@ def resolve_source(source, path):
     return "cifar10"
 
 
-def load_arrays(source, path, cache_dir=None):
-    """Decode (or read from the cache) the whole dataset named by (source, path)."""
+def check_source(source, path):
+    """The source's kind; a missing image-folder path is an error (a CIFAR10 folder is created by download)."""
     path = Path(path).expanduser()
     source = resolve_source(source, path)
     if source == "imagefolder" and not path.exists():
         raise UserError(f"data path {path} does not exist; fix: give --data an image-folder archive (.tar.gz) "
                         f"or a folder with train/ and test/")
+    return source
+
+
+def load_arrays(source, path, cache_dir=None):
+    """Decode (or read from the cache) the whole dataset named by (source, path)."""
+    path = Path(path).expanduser()
+    source = check_source(source, path)
     if source == "cifar10" and not (cache_dir and (path / "cifar-10-batches-py").is_dir()):
         _download_cifar10(path)  # otherwise torchvision's md5 check (a second or two) runs only on a cache miss
     key = _fingerprint(source, path)

@@ -17,14 +17,12 @@ import torch
 from .baselines import open_study, run_baselines
 from .config import Recipe
 from .errors import UserError
-from .engine import evaluate, new_model, set_threads, to_split, train
+from .data import check_source
+from .engine import evaluate, new_model, pick_device, set_threads, to_split, train
 from .models import count_params
 from .report import format_rows, render
 from .runs import log_stderr
-from .teacher import logit_epochs, teacher_logits
-
-NOTEBOOK_KD = {"temperature": 4.5, "alpha": 0.8, "lr": 1e-3}
-
+from .teacher import logit_epochs, space_epochs, teacher_logits
 
 def kd_trial(config, *, train_x, train_y, val_x, val_y, logits, base, seed, threads, use_gpu, num_classes):
     """One KD training of the student with `config` (the searched values) over `base` (kd_reference's recipe).
@@ -65,11 +63,11 @@ def optuna_space(space):
 
 
 def first_point(space, kd_reference, log):
-    """The notebook's KD settings (T 4.5, alpha 0.8, lr 1e-3, the study's kd_reference epochs), moved to the
-    nearest point of the space, so that the first trial is the reference."""
+    """kd_reference's settings (by default the notebook's T 4.5, alpha 0.8, lr 1e-3), moved to the nearest
+    point of the space, so that the first trial is the reference."""
     point = {}
     for name, p in space.items():
-        value = NOTEBOOK_KD.get(name, getattr(kd_reference, name))
+        value = getattr(kd_reference, name)
         if p.type == "choice":
             clipped = value if value in p.values else min(p.values, key=lambda v: abs(v - value))
         else:
@@ -78,7 +76,7 @@ def first_point(space, kd_reference, log):
             clipped = int(p.low + round((clipped - p.low) / (p.step or 1)) * (p.step or 1))
             clipped = min(clipped, int(p.high))
         if clipped != value:
-            log(f"search: the notebook's {name} = {value} lies outside the space; the first trial uses {clipped}")
+            log(f"search: kd_reference's {name} = {value} lies outside the space; the first trial uses {clipped}")
         point[name] = clipped
     return point
 
@@ -162,50 +160,54 @@ def make_callback(tracker, space_names, log):
     return TrackTrials()
 
 
-def trial_resources(study, address):
+def trial_resources(study, file, address):
     """(cpus, gpus) per trial. On a local Ray they are checked against this machine: Tune would otherwise wait
     forever for resources that do not exist."""
     res, conc = study.resources, study.search.max_concurrent
-    gpus = res.gpu if res.gpu is not None else (1 / conc if torch.cuda.is_available() else 0.0)
-    if address is None:
-        cores, n_gpu = os.cpu_count() or 1, torch.cuda.device_count()
-        if res.cpu > cores:
-            raise UserError(f"resources.cpu is {res.cpu} but this machine has {cores} cores; fix: lower it")
-        if gpus > n_gpu:
-            raise UserError(f"resources.gpu is {gpus} but torch sees {n_gpu} GPU(s) here; fix: set resources.gpu "
-                            f"to 0 (or null: automatic)")
+    on_gpu = pick_device(study.device).type == "cuda"
+    gpus = res.gpu if res.gpu is not None else (1 / conc if on_gpu else 0.0)
+    if gpus > 1 and gpus != int(gpus):
+        raise UserError(f"{file}: resources.gpu: a share above 1 must be a whole number of GPUs (got {gpus}); "
+                        f"fix: edit resources.gpu in {file}")
+    if gpus > 0 and not on_gpu:
+        raise UserError(f"{file}: resources.gpu is {gpus} but the study runs on the CPU (device: {study.device}, "
+                        f"{torch.cuda.device_count()} GPU(s) seen); fix: set resources.gpu to 0 or null")
+    if address is None and res.cpu > (os.cpu_count() or 1):
+        raise UserError(f"{file}: resources.cpu is {res.cpu} but this machine has {os.cpu_count()} cores; fix: "
+                        f"lower resources.cpu in {file}")
     return res.cpu, gpus
 
 
 def run_search(study, study_file, results, name=None, num_samples=None, address=None, log=log_stderr):
     """The whole study: baselines, search, report. Returns (report, written paths)."""
     from . import tracking
-    cpus, gpus = trial_resources(study, address)
+    # everything that can be checked cheaply is checked before the hours of teacher and baselines
+    cpus, gpus = trial_resources(study, study_file, address)
+    check_source(study.data.source, study.data.path)
     t0 = time.time()
     name = name or study.name
     results = Path(results).resolve()
     folder = results / name
-    data, store, device = open_study(study, results)
-    rows, teacher, tkey = run_baselines(study, data, store, device, log)
-    kd_ref = study.baselines.kd_reference
-    epochs = logit_epochs(study)
-    logits = teacher_logits(teacher, tkey, data, study.seed, epochs, store, log)
-    t_engine = time.time()
-
     uri = study.tracking.uri or tracking.default_uri(results)
     try:
         tracker = tracking.Tracker(uri, study.tracking.experiment or study.name, results / "mlartifacts")
     except Exception as e:  # an unreachable server, a bad URI, a deleted experiment of that name
         raise UserError(f"cannot use the MLflow store {uri} ({type(e).__name__}: {str(e)[:150]}); fix: check "
                         f"tracking.uri, or restore or rename tracking.experiment") from None
-    num_samples = num_samples or study.search.num_samples
-    tracker.start_parent(name, study_file, {"num_samples": num_samples, "scheduler": study.search.scheduler,
-                                            "seed": study.seed},
-                         [{"name": r["name"], "val_acc": r["val_acc"], "test_acc": r["test_acc"]} for r in rows])
+    url = start_ray(address, log)
     status = "FAILED"
     try:
-        url = start_ray(address, log)
+        data, store, device = open_study(study, results)
+        rows, teacher, tkey = run_baselines(study, data, store, device, log)
+        kd_ref = study.baselines.kd_reference
+        logits = teacher_logits(teacher, tkey, data, study.seed, logit_epochs(study), store, log)
+        t_engine = time.time()
+        num_samples = num_samples or study.search.num_samples
+        tracker.start_parent(name, study_file, {"num_samples": num_samples, "scheduler": study.search.scheduler,
+                                                "seed": study.seed},
+                             [{"name": r["name"], "val_acc": r["val_acc"], "test_acc": r["test_acc"]} for r in rows])
         base = dataclasses.asdict(kd_ref)
+        epochs = space_epochs(study.space, kd_ref)
         tuner, searcher = _build_tuner(study, data, logits, base, epochs, num_samples, folder, (cpus, gpus),
                                        make_callback(tracker, list(study.space), log), log)
         grid = tuner.fit()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-ENGINE_VERSION = "1"  # bump when a change to training makes old cached models wrong
+ENGINE_VERSION = "2"  # bump when a change to training makes old cached models wrong
 
 
 def make_key(*parts):

@@ -71,10 +71,15 @@ def logit_epochs(study):
     """Epochs of the study's logit table: the longest KD run, baseline or trial, that the study can make."""
     kd = [getattr(study.baselines, n).epochs for n in ("student_mse", "student_ce", "kd_reference")
           if getattr(study.baselines, n).loss == "kd"]
-    p = study.space.get("epochs")
-    searched = study.baselines.kd_reference.epochs if p is None else int(
-        max(p.values) if p.type == "choice" else p.high)
-    return max(kd + [searched])
+    return max(kd + [space_epochs(study.space, study.baselines.kd_reference)])
+
+
+def space_epochs(space, kd_reference):
+    """The longest a trial can run: the space's largest epoch count, or kd_reference's when not searched."""
+    p = space.get("epochs")
+    if p is None:
+        return kd_reference.epochs
+    return int(max(p.values) if p.type == "choice" else p.high)
 
 
 def teacher_logits(teacher, teacher_key, data, seed, epochs, store, log=log_stderr):

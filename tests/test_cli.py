@@ -71,6 +71,8 @@ BAD_STUDIES = [
     ("name: x\nseed: -1\n", "seed: must be >= 0"),
     ("name: x\nsearch:\n  seed: -3\n", "search.seed: must be >= 0"),
     ("name: a/b\n", "name: must be letters, digits"),
+    ("name: ..\n", "name: must be letters, digits"),
+    ("name: x\nbaselines:\n  kd_reference:\n    loss: ce\n", "baselines.kd_reference: must be KD of the student"),
     ("name: x\nteacher:\n  checkpoint: nowhere/teacher.pt\n", "teacher.checkpoint: nowhere/teacher.pt does not exist"),
 ]
 
@@ -96,6 +98,8 @@ def test_user_errors_exit_2_with_one_line_and_write_nothing(tiny_study, tiny_arc
     bad.write_text("name: x\nteacher:\n  lr: -1\n")
     cpu_hungry = tmp_path / "hungry.yaml"  # a local Ray would wait forever for 999 cores
     cpu_hungry.write_text(tiny_study.read_text() + "resources:\n  cpu: 999\n")
+    gpu_on_cpu = tmp_path / "gpu.yaml"  # a whole GPU per trial for a study that runs on the CPU
+    gpu_on_cpu.write_text(tiny_study.read_text() + "device: cpu\nresources:\n  gpu: 1\n")
     cases = [
         ("baselines", bad, "--data", tiny_archive, "--results", tmp_path / "r1"),
         ("baselines", tmp_path / "missing.yaml", "--results", tmp_path / "r2"),
@@ -105,13 +109,16 @@ def test_user_errors_exit_2_with_one_line_and_write_nothing(tiny_study, tiny_arc
         ("search", tiny_study, "--data", tiny_archive, "--results", tmp_path / "r5", "--num-samples", "0"),
         ("search", cpu_hungry, "--data", tiny_archive, "--results", tmp_path / "r6"),
         ("bench", "--data", tiny_archive, "--batches", "0"),
+        ("search", tiny_study, "--data", tmp_path / "nope.tar.gz", "--results", tmp_path / "r7"),
+        ("search", tiny_study, "--data", tiny_archive, "--results", tmp_path / "r8", "--name", "../escape"),
+        ("search", gpu_on_cpu, "--data", tiny_archive, "--results", tmp_path / "r9"),
     ]
     for args in cases:
         r = kdsearch(*args, cwd=tmp_path)
         assert r.returncode == 2, (args, r.stderr)
         assert r.stderr.startswith("kdsearch: error: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert "Traceback" not in r.stderr
-    assert not any((tmp_path / d).exists() for d in ("r1", "r2", "r3", "r4", "r5", "r6"))
+    assert not any((tmp_path / f"r{i}").exists() for i in range(1, 10))
     ok = kdsearch("validate", tiny_study, cwd=tmp_path)
     assert ok.returncode == 0 and "valid study 'tiny'" in ok.stdout
 

@@ -37,7 +37,8 @@ def ray_head():
         except psutil.Error:
             pass
     for p in psutil.process_iter(["cmdline"]):  # workers of the session, started without the temp path
-        if "127.0.0.2" in " ".join(p.info["cmdline"] or []):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if "127.0.0.2" in cmd and "ray" in cmd:
             p.kill()
     time.sleep(1)
     shutil.rmtree(tmp, ignore_errors=True)

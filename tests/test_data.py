@@ -85,6 +85,13 @@ def test_archive_without_train_and_test(tmp_path):
         load_arrays("auto", path)
 
 
+def test_folder_with_only_a_train_split(tmp_path):
+    (tmp_path / "d" / "train" / "cat").mkdir(parents=True)
+    (tmp_path / "d" / "train" / "cat" / "1.png").write_bytes(png())
+    with pytest.raises(UserError, match=r"holds no train/<class>/ and test/<class>/"):
+        load_arrays("auto", tmp_path / "d")
+
+
 def test_class_missing_from_one_split(tmp_path):
     path = bad(tmp_path, {"train/cat/1.png": png(), "train/dog/1.png": png(), "test/cat/1.png": png()})
     with pytest.raises(UserError, match="dog are in only one of train/ and test/"):
