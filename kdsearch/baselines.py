@@ -49,7 +49,7 @@ def run_baselines(study, data, store, device, log=log_stderr):
     logits = None
     for name, recipe in recipes.items():
         key = run_key(recipe, data, study.seed, tkey)
-        if recipe.loss == "kd" and logits is None and store.load_run("runs", key) is None:
+        if recipe.loss == "kd" and logits is None and not store.has_run("runs", key):
             logits = teacher_logits(teacher, tkey, data, study.seed, logit_epochs(study), store, log)
         model, info = train_or_load(store, "runs", key, name, recipe, data, seed=study.seed, device=device,
                                     teacher_logits=logits, log=log)

@@ -70,16 +70,14 @@ def load_arrays(source, path, cache_dir=None):
     """Decode (or read from the cache) the whole dataset named by (source, path)."""
     path = Path(path).expanduser()
     source = check_source(source, path)
-    if source == "cifar10" and not (cache_dir and (path / "cifar-10-batches-py").is_dir()):
-        _download_cifar10(path)  # otherwise torchvision's md5 check (a second or two) runs only on a cache miss
+    if source == "cifar10" and not (path / "cifar-10-batches-py").is_dir():
+        _download_cifar10(path)  # first use; later, torchvision's md5 check runs only when decoding (a cache miss)
     key = _fingerprint(source, path)
     if cache_dir is not None:
         cached = _read_cache(Path(cache_dir) / "data" / key)
         if cached is not None:
             cached.key = key
             return cached
-    if source == "cifar10":
-        _download_cifar10(path)
     arrays = _decode_cifar10(path) if source == "cifar10" else _decode_imagefolder(path)
     arrays.key = key
     if cache_dir is not None:
@@ -148,8 +146,12 @@ def _download_cifar10(root):
 
 def _decode_cifar10(root):
     import torchvision
-    tr = torchvision.datasets.CIFAR10(root=str(root), train=True, download=False)
-    te = torchvision.datasets.CIFAR10(root=str(root), train=False, download=False)
+    try:
+        tr = torchvision.datasets.CIFAR10(root=str(root), train=True, download=False)
+        te = torchvision.datasets.CIFAR10(root=str(root), train=False, download=False)
+    except RuntimeError:  # torchvision's integrity check failed
+        raise UserError(f"{root / 'cifar-10-batches-py'} is incomplete or corrupt; fix: delete that folder and run "
+                        f"again to download CIFAR-10 afresh") from None
     return Arrays(np.ascontiguousarray(tr.data), np.asarray(tr.targets, np.int64),
                   np.ascontiguousarray(te.data), np.asarray(te.targets, np.int64), list(tr.classes))
 

@@ -229,18 +229,18 @@ def run_search(study, study_file, results, name=None, num_samples=None, address=
                        "ui_command": tracking.ui_command(uri)},
             "dashboard": url,
         }
-        render(report, folder)
         best_metrics = {"kd_best_val_acc": best["val_acc"], "kd_best_test_acc": best_row["test_acc"]} if best else {}
         example = _example_input(data) if best_model is not None else None
-        tracker.finish_parent(best_metrics, report["best_config"], best_model, example, folder)
-        status = "FINISHED"
-        # the report is written again with the timings of the whole run, now that everything is done
+        tracker.log_best(best_metrics, report["best_config"], best_model, example)
         train_s = _union([(t["train_start"], t["train_end"]) for t in trials if t["train_start"]])
         total = time.time() - t0
         report["timings"] = {"total_s": total, "engine_s": t_engine - t0, "trial_training_s": train_s,
                              "overhead_s": total - (t_engine - t0) - train_s,
                              "outside_training_share": (total - (t_engine - t0) - train_s) / total}
-        return report, render(report, folder)
+        written = render(report, folder)
+        tracker.log_report(written)
+        status = "FINISHED"
+        return report, written
     except KeyboardInterrupt:
         status = "KILLED"
         raise

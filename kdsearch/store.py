@@ -38,6 +38,9 @@ class Store:
         d = self.root / kind
         return d / f"{key}.pt", d / f"{key}.json"
 
+    def has_run(self, kind, key):
+        return all(p.exists() for p in self._paths(kind, key))
+
     def load_run(self, kind, key):
         """(state_dict, info) of a stored run, or None."""
         pt, js = self._paths(kind, key)

@@ -72,7 +72,7 @@ class Tracker:
         status = {"completed": "FINISHED", "pruned": "KILLED"}.get(state, "FAILED")
         self.client.set_terminated(run_id, status)
 
-    def finish_parent(self, best_metrics, best_params, model, input_example, report_dir):
+    def log_best(self, best_metrics, best_params, model, input_example):
         self.client.log_batch(self.parent, metrics=[Metric(k, v, 0, 0) for k, v in best_metrics.items()],
                               params=[mlflow.entities.Param(f"best_{k}", str(v)) for k, v in best_params.items()])
         if model is not None:
@@ -86,9 +86,10 @@ class Tracker:
                 # an explicit requirement list skips MLflow's 4-5 s dependency inference
                 mlflow.pytorch.log_model(model, name="kd_best", input_example=input_example,
                                          pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
-        for f in sorted(Path(report_dir).iterdir()):
-            if f.is_file():
-                self.client.log_artifact(self.parent, str(f), artifact_path="report")
+
+    def log_report(self, paths):
+        for f in paths:
+            self.client.log_artifact(self.parent, str(f), artifact_path="report")
 
     def close_parent(self, status):
         """FINISHED, KILLED (interrupted) or FAILED; never left RUNNING."""

@@ -57,7 +57,7 @@ def test_report_has_every_row_and_the_notebook_point_came_first(searched):
     assert "kd_best" in first.stdout
 
 
-def test_mlflow_has_one_parent_and_a_child_per_trial_with_per_epoch_metrics(searched):
+def test_mlflow_has_one_parent_and_a_child_per_trial_with_per_epoch_metrics(searched, tmp_path):
     from mlflow.tracking import MlflowClient
     results, _, _ = searched
     report = json.loads((results / "tiny" / "report.json").read_text())
@@ -78,6 +78,8 @@ def test_mlflow_has_one_parent_and_a_child_per_trial_with_per_epoch_metrics(sear
     artifacts = {a.path for a in client.list_artifacts(parent_id)} | {
         a.path for a in client.list_artifacts(parent_id, "report")}
     assert "tiny.yaml" in artifacts and "report/report.json" in artifacts
+    logged = client.download_artifacts(parent_id, "report/report.json", str(tmp_path))
+    assert json.loads(open(logged).read()) == report  # the final report, timings included
     models = client.search_logged_models([exp.experiment_id])
     assert any(m.source_run_id == parent_id and m.name == "kd_best" for m in models)
 
