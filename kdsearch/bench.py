@@ -1,15 +1,23 @@
-"""`kdsearch bench`: the notebook's KD loop against kdsearch's KD and CE steps, in one process, on the same
-images and batch size.
+"""`kdsearch bench`: training-step throughput of the notebook's KD loop against kdsearch's steps, in one process,
+on the same images and batch size, with an evidence header (hardware, versions, sizes, repeats).
 
 seed_loop_img_s: the notebook's loop: ImageFolder (or torchvision CIFAR10) with PIL transforms, a DataLoader
-  with num_workers=0, the teacher run on every batch, the notebook's KD loss, Adam.
-kd_img_s: kdsearch's KD step: batched augmentation on uint8 tensors, the teacher's logits read from the
-  study's table (computed beforehand, once per study, and not timed here), the KD loss, Adam.
+  with num_workers=0, the teacher run on every batch, the notebook's KD loss, Adam, the notebook's StudentNet.
+kd_img_s: kdsearch's KD step: a random permutation's batch of uint8 images gathered, augmented and normalised
+  on the device, the teacher's logits read from a table (here random numbers: a KD step reads the table, it
+  never computes it), the KD loss, Adam.
 ce_img_s: the same step with CE alone and no teacher logits.
-kdsearch's two steps are timed in alternating rounds so that machine noise hits both alike.
+kd_notebook_relu_img_s: the KD step with the notebook's layer order in StudentNet (ReLU before max-pooling).
+teacher_logits_img_s: the pass that fills the logit table: the teacher in eval mode on augmented views.
+kd_trial_img_s: a KD trial's whole cost per trained image, its step plus its share of the logit table when a
+  study of N trials shares one table: 1 / (1 / kd_img_s + 1 / (N * teacher_logits_img_s)), for N = 1 and 20.
+kdsearch's steps are timed in alternating rounds (`repeats` of them) so that machine noise hits all alike.
 """
 import json
-import tarfile
+import math
+import os
+import platform
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -18,34 +26,24 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import __version__, imagefolder
 from .augment import MEAN, STD, augmented_views
 from .config import Recipe
-from .data import is_archive, load_arrays, resolve_source
-from .engine import to_split, make_optimizer, new_model, pick_device, set_threads, train_step
-from .errors import UserError
-from .losses import LOSSES
+from .data import check_source, load_arrays, to_split
+from .engine import make_optimizer, new_model, pick_device, predict, set_threads, train_step
+from .losses import make_loss
 from .models import StudentNet, TeacherNet
 
+STUDY_SIZES = (1, 20)  # trials sharing one logit table, for kd_trial_img_s
 
-def _extract_images(archive, n, out):
-    """Extract about n train images, as many of each class, and one test image per class into folder `out`."""
-    def members(tf):
-        for m in tf:
-            parts = Path(m.name).parts
-            parts = parts[1:] if len(parts) == 4 else parts
-            if m.isfile() and len(parts) == 3:
-                yield m, parts
 
-    with tarfile.open(archive) as tf:
-        classes = {parts[1] for m, parts in members(tf) if parts[0] == "train"}
-    per_class, counts = -(-n // max(len(classes), 1)), {}
-    with tarfile.open(archive) as tf:
-        for m, (split, cls, name) in members(tf):
-            if counts.get((split, cls), 0) < (per_class if split == "train" else 1):
-                counts[(split, cls)] = counts.get((split, cls), 0) + 1
-                dest = out / split / cls / name
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                dest.write_bytes(tf.extractfile(m).read())
+class NotebookStudentNet(StudentNet):
+    """StudentNet with the notebook's own forward (ReLU before pooling, view): the seed loop runs it as it was."""
+
+    def forward(self, x):
+        x = self.pool(F.relu(self.conv1(x)))
+        x = self.pool(F.relu(self.conv2(x)))
+        return self.fc2(F.relu(self.fc1(x.reshape(x.size(0), -1))))
 
 
 def _seed_dataset(source, path, n, tmp):
@@ -57,25 +55,16 @@ def _seed_dataset(source, path, n, tmp):
         arrays = load_arrays("cifar10", path)
         ds = torchvision.datasets.CIFAR10(root=str(path), train=True, download=False, transform=transform)
         return torch.utils.data.Subset(ds, range(n)), arrays.train_x[:n], arrays.train_y[:n]
-    folder = Path(path)
-    if is_archive(path):
-        folder = Path(tmp)
-        _extract_images(path, n, folder)
-    elif not (folder / "train").is_dir():
-        folder = next(d for d in folder.iterdir() if (d / "train").is_dir())
+    folder = Path(tmp)  # the first n/classes images of each class (and one test image each), as files
+    files = imagefolder.read_files(path, limit={"train": -(-n // 10), "test": 1})
+    for (split, cls), items in files.items():
+        (folder / split / cls).mkdir(parents=True, exist_ok=True)
+        for name, blob in items:
+            (folder / split / cls / Path(name).name).write_bytes(blob)
     ds = torchvision.datasets.ImageFolder(str(folder / "train"), transform=transform)
     arrays = load_arrays("imagefolder", folder)  # the same files, decoded by kdsearch
     n = min(n, len(ds))
     return torch.utils.data.Subset(ds, range(n)), arrays.train_x[:n], arrays.train_y[:n]
-
-
-class NotebookStudentNet(StudentNet):
-    """StudentNet with the notebook's own forward (pool after ReLU, view): the seed loop runs it as it was."""
-
-    def forward(self, x):
-        x = self.pool(F.relu(self.conv1(x)))
-        x = self.pool(F.relu(self.conv2(x)))
-        return self.fc2(F.relu(self.fc1(x.view(x.size(0), -1))))
 
 
 def seed_loop(loader, device, batches, T=4.5, alpha=0.8):
@@ -103,45 +92,79 @@ def seed_loop(loader, device, batches, T=4.5, alpha=0.8):
     return seen / (time.perf_counter() - start)
 
 
-def kdsearch_steps(split, logits, batches, batch_size, rounds=3):
-    """Images per second of kdsearch's KD step and CE step, timed in alternating rounds."""
-    kd, ce = Recipe(loss="kd"), Recipe(loss="ce")
-    n = len(split)
+def kdsearch_steps(split, logits, batch_size, repeats):
+    """Images per second of kdsearch's KD step, CE step and KD step with the notebook's ReLU order, each round
+    one pass over `split` in a random permutation's batches, timed in alternating rounds."""
+    device, n = split.x.device, len(split)
     runs = {}
-    for name, recipe in (("kd", kd), ("ce", ce)):
-        model = new_model("student", 10, 0, split.x.device)
-        runs[name] = (model, make_optimizer(model, recipe), recipe)
-    elapsed, seen = {"kd": 0.0, "ce": 0.0}, {"kd": 0, "ce": 0}
+    for name, loss, model_cls in (("kd", "kd", StudentNet), ("ce", "ce", StudentNet),
+                                  ("kd_notebook_relu", "kd", NotebookStudentNet)):
+        torch.manual_seed(0)
+        model = model_cls().to(device, memory_format=torch.channels_last)
+        recipe = Recipe(loss=loss)
+        runs[name] = (model, make_optimizer(model, recipe), make_loss(recipe), loss == "kd")
+    elapsed, seen = dict.fromkeys(runs, 0.0), dict.fromkeys(runs, 0)
+    order = torch.Generator().manual_seed(0)
 
     def one_round(name, timed):
-        model, opt, recipe = runs[name]
+        model, opt, loss_fn, reads_table = runs[name]
         model.train()
+        perm = torch.randperm(n, generator=order).to(device)
         start = time.perf_counter()
-        for b in range(batches):
-            idx = torch.arange(b * batch_size, min((b + 1) * batch_size, n), device=split.x.device)
+        for i in range(0, n, batch_size):
+            idx = perm[i:i + batch_size]
             x = augmented_views(split.x, idx, 0, 0)
-            t = logits[0, idx] if name == "kd" else None
-            loss = train_step(model, opt, LOSSES[recipe.loss], recipe, x, split.y[idx], t)
+            loss, _ = train_step(model, opt, loss_fn, x, split.y[idx], logits[0, idx] if reads_table else None)
         loss.item()  # wait for the device
         if timed:
             elapsed[name] += time.perf_counter() - start
             seen[name] += n
 
     for name in runs:
-        one_round(name, timed=False)
-    for _ in range(rounds):
+        one_round(name, timed=False)  # warm-up
+    for _ in range(repeats):
         for name in runs:
             one_round(name, timed=True)
-    return seen["kd"] / elapsed["kd"], seen["ce"] / elapsed["ce"]
+    return {f"{name}_img_s": seen[name] / elapsed[name] for name in runs}
 
 
-def run_bench(path="data", source="auto", batches=20, batch_size=256, threads=0, log=print):
+def teacher_pass(split, device):
+    """Images per second of the logit-table pass: the teacher (eval, no grad) on one epoch's augmented views."""
+    teacher = new_model("teacher", 10, 0, device)
+    predict(teacher, split.x[:1024], views=lambda idx: augmented_views(split.x, idx, 0, 0))  # warm-up
+    start = time.perf_counter()
+    predict(teacher, split.x, views=lambda idx: augmented_views(split.x, idx, 0, 1)).sum().item()
+    return len(split) / (time.perf_counter() - start)
+
+
+def evidence(device, threads, batch_size, batches, repeats):
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10).stdout.strip() or None
+        dirty = commit and subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                          capture_output=True, text=True, timeout=10).stdout.strip()
+    except OSError:  # no git on this machine
+        commit, dirty = None, False
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+    return {"device": f"{device.type}: {name}", "torch": torch.__version__, "cpu_threads": threads,
+            "cpu_cores": os.cpu_count(), "batch_size": batch_size, "batches": batches, "repeats": repeats,
+            "kdsearch": __version__, "git_commit": commit and commit + ("-dirty" if dirty else ""),
+            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d")}
+
+
+def _cpu_name():
+    try:
+        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def run_bench(path="data", source="auto", batches=20, batch_size=256, threads=0, repeats=3, log=print):
     threads = set_threads(threads)
     device = pick_device()
     path = Path(path).expanduser()
-    source = resolve_source(source, path)
-    if source == "imagefolder" and not path.exists():
-        raise UserError(f"data path {path} does not exist; fix: give --data an image-folder archive or folder")
+    source = check_source(source, path)
     n = batches * batch_size
     with tempfile.TemporaryDirectory(prefix="kdsearch-bench-") as tmp:
         ds, x, y = _seed_dataset(source, path, n + batch_size, tmp)  # one extra batch to warm up the seed loop
@@ -151,15 +174,36 @@ def run_bench(path="data", source="auto", batches=20, batch_size=256, threads=0,
         seed = seed_loop(loader, device, batches)
     split = to_split(x[:n], y[:n], device)
     logits = torch.randn(1, len(split), 10, device=device)  # any table will do: a KD step reads, never computes it
-    kd, ce = kdsearch_steps(split, logits, -(-len(split) // batch_size), batch_size)
-    return {"seed_loop_img_s": round(seed, 1), "kd_img_s": round(kd, 1), "ce_img_s": round(ce, 1)}
+    steps = kdsearch_steps(split, logits, batch_size, repeats)
+    teacher = teacher_pass(split, device)
+    result = {"seed_loop_img_s": seed, **steps, "teacher_logits_img_s": teacher}
+    for trials in STUDY_SIZES:
+        result[f"kd_trial_img_s_n{trials}"] = 1 / (1 / steps["kd_img_s"] + 1 / (trials * teacher))
+    result = {k: round(v, 1) for k, v in result.items()}
+    assert all(math.isfinite(v) and v > 0 for v in result.values())
+    result["evidence"] = evidence(device, threads, batch_size, -(-len(split) // batch_size), repeats)
+    return result
 
 
 def format_bench(r):
-    return (f"seed_loop_img_s {r['seed_loop_img_s']:>9.1f}   the notebook's KD loop\n"
-            f"kd_img_s        {r['kd_img_s']:>9.1f}   kdsearch KD step   (kd / seed_loop = "
-            f"{r['kd_img_s'] / r['seed_loop_img_s']:.2f}x)\n"
-            f"ce_img_s        {r['ce_img_s']:>9.1f}   kdsearch CE step   (ce / kd = {r['ce_img_s'] / r['kd_img_s']:.3f})")
+    """The figures, with ratios computed from the figures as printed."""
+    kd, seed, ce, relu = r["kd_img_s"], r["seed_loop_img_s"], r["ce_img_s"], r["kd_notebook_relu_img_s"]
+    lines = [
+        f"seed_loop_img_s        {seed:>10.1f}   the notebook's KD loop (PIL, DataLoader, teacher per batch)",
+        f"kd_img_s               {kd:>10.1f}   kdsearch KD step; training-step throughput: kd / seed_loop = "
+        f"{kd / seed:.2f}x",
+        f"ce_img_s               {ce:>10.1f}   kdsearch CE step (ce / kd = {ce / kd:.3f})",
+        f"kd_notebook_relu_img_s {relu:>10.1f}   KD step, notebook's ReLU-before-pool student (kd / this = "
+        f"{kd / relu:.2f}x)",
+        f"teacher_logits_img_s   {r['teacher_logits_img_s']:>10.1f}   teacher pass filling the logit table",
+    ]
+    lines += [f"kd_trial_img_s_n{n:<6} {r[f'kd_trial_img_s_n{n}']:>10.1f}   a KD trial's whole cost per image, with "
+              f"1/{n} of the logit table's pass" for n in STUDY_SIZES]
+    e = r["evidence"]
+    lines.append(f"evidence: {e['device']}; torch {e['torch']}; {e['cpu_threads']} CPU threads; batch {e['batch_size']} "
+                 f"x {e['batches']} batches, {e['repeats']} repeats; kdsearch {e['kdsearch']} "
+                 f"({e['git_commit'] or 'no git commit'}); {e['date']}")
+    return "\n".join(lines)
 
 
 def write_json(result, path):

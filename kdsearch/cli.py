@@ -19,15 +19,17 @@ def cmd_validate(args):
 
 
 def cmd_baselines(args):
-    from .baselines import format_table, open_study, run_baselines, write_baselines
+    from .baselines import open_study, run_baselines
+    from .engine import pick_device
+    from .report import format_table, write_baselines
     study = _study(args)
     start = time.perf_counter()
-    data, store, device = open_study(study, args.results)
-    rows, _, _ = run_baselines(study, data, store, device)
-    out = Path(args.results) / study.name
-    write_baselines(rows, out)
+    device = pick_device(study.device)
+    data, store = open_study(study, args.results, device)
+    rows, _ = run_baselines(study, data, store)
+    json_path, md_path = write_baselines(rows, Path(args.results) / study.name)
     print(format_table(rows))
-    print(f"\nwrote {out / 'baselines.md'} and {out / 'baselines.json'} in {time.perf_counter() - start:.0f} s")
+    print(f"\nwrote {md_path} and {json_path} in {time.perf_counter() - start:.0f} s")
 
 
 def cmd_search(args):
@@ -39,7 +41,8 @@ def cmd_search(args):
                         f"fix: give another --name")
     if args.num_samples is not None and args.num_samples < 1:
         raise UserError(f"--num-samples must be >= 1 (got {args.num_samples}); fix: give a positive number")
-    from .search import print_summary, run_search
+    from .report import print_summary
+    from .search import run_search
     report, written = run_search(study, args.study, args.results, name=args.name, num_samples=args.num_samples,
                                  address=args.address)
     print_summary(report, written)
@@ -47,8 +50,7 @@ def cmd_search(args):
 
 def cmd_report(args):
     import json
-    from .report import render
-    from .search import print_summary
+    from .report import print_summary, render
     folder = Path(args.folder)
     try:
         report = json.loads((folder / "report.json").read_text())

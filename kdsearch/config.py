@@ -4,22 +4,14 @@ A study file only needs `name`; every other value has the notebook's default. Er
 path and the rule, e.g. `study.yaml: teacher.lr: must be > 0 (got -0.1)`.
 """
 import dataclasses
-import re
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
 from .losses import LOSSES
 from .models import MODELS
-
-
-def rule(default=dataclasses.MISSING, *, choices=None, gt=None, ge=None, le=None, pattern=None, factory=None):
-    """A dataclass field with validation rules attached (checked by `from_dict`)."""
-    meta = {"choices": choices, "gt": gt, "ge": ge, "le": le, "pattern": pattern}
-    if factory is not None:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
+from .validation import check, from_dict, rule
 
 
 @dataclass
@@ -112,6 +104,44 @@ class Tracking:
     experiment: typing.Optional[str] = None  # MLflow experiment; default: the study name
 
 
+def _space(raw, file, key):
+    """Validate a search space: known keys, a complete and ordered range, bounds that obey the Recipe's rules."""
+    if not isinstance(raw, dict) or not raw:
+        raise UserError(f"{file}: {key}: must be a mapping of hyperparameters; fix: list at least one of "
+                        f"{', '.join(SEARCHABLE)}")
+    recipe_fields = {f.name: f for f in dataclasses.fields(Recipe)}
+    hints = typing.get_type_hints(Recipe)
+    space = {}
+    for name, spec in raw.items():
+        at = f"{key}.{name}"
+        if name not in SEARCHABLE:
+            raise UserError(f"{file}: {at}: cannot be searched; fix: use one of {', '.join(SEARCHABLE)}")
+        p = from_dict(Param, spec, file, at + ".")
+        typ, meta = hints[name], recipe_fields[name].metadata
+        if p.type == "choice":
+            if not p.values:
+                raise UserError(f"{file}: {at}.values: a choice needs a non-empty list of values; fix: add them")
+            p.values = [check(v, typ, meta, file, f"{at}.values") for v in p.values]
+        else:
+            for end in ("low", "high"):
+                if getattr(p, end) is None:
+                    raise UserError(f"{file}: {at}.{end}: required for type {p.type}; fix: add it")
+                bound_type = int if p.type == "int" else float
+                setattr(p, end, check(spec[end], bound_type, meta, file, f"{at}.{end}"))
+            if p.type == "int" and typ is not int:
+                raise UserError(f"{file}: {at}.type: {name} is a float; fix: use uniform or loguniform")
+            if p.type != "int" and typ is int:
+                raise UserError(f"{file}: {at}.type: {name} is an integer; fix: use int (or choice)")
+            if not p.low < p.high:
+                raise UserError(f"{file}: {at}: low must be < high (got low={p.low}, high={p.high}); fix: "
+                                f"swap or widen them")
+            if p.type == "loguniform" and p.low <= 0:
+                raise UserError(f"{file}: {at}.low: must be > 0 for loguniform (got {p.low}); fix: raise it "
+                                f"or use uniform")
+        space[name] = p
+    return space
+
+
 @dataclass
 class Study:
     name: str = rule(pattern=NAME_PATTERN)  # names the study's folder and MLflow experiment
@@ -121,7 +151,7 @@ class Study:
     data: Data = rule(factory=Data)
     teacher: Teacher = rule(factory=_teacher_recipe)
     baselines: Baselines = rule(factory=Baselines)
-    space: typing.Dict[str, Param] = rule(factory=_default_space)  # searched KD settings; others: kd_reference's
+    space: typing.Dict[str, Param] = rule(factory=_default_space, parse=_space)  # searched; others: kd_reference's
     search: Search = rule(factory=Search)
     resources: Resources = rule(factory=Resources)
     tracking: Tracking = rule(factory=Tracking)
@@ -166,113 +196,3 @@ def load_study(path, overrides=None):
         raise UserError(f"{path}: teacher.checkpoint: {ckpt} does not exist; fix: give the path of a TeacherNet "
                         f"state_dict, or remove the key to train the teacher")
     return study
-
-
-def from_dict(cls, raw, file, prefix="", base=None):
-    """Build dataclass `cls` from a dict, starting from `base` (an instance with the defaults)."""
-    if not isinstance(raw, dict):
-        raise UserError(f"{file}: {prefix.rstrip('.') or 'top level'}: must be a mapping; fix: indent its keys "
-                        f"below it")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        raise UserError(f"{file}: {prefix}{unknown[0]}: unknown key; fix: use one of {', '.join(fields)}")
-    hints = typing.get_type_hints(cls)
-    values = {}
-    for name, f in fields.items():
-        key = prefix + name
-        default = getattr(base, name) if base is not None else _default(f)
-        if name not in raw:
-            if default is dataclasses.MISSING:
-                raise UserError(f"{file}: {key}: required key is missing; fix: add it")
-            values[name] = default
-            continue
-        typ = hints[name]
-        if typing.get_origin(typ) is dict:
-            values[name] = _space(raw[name], file, key)
-        elif dataclasses.is_dataclass(typ):
-            values[name] = from_dict(typ, raw[name], file, key + ".", default)
-        else:
-            values[name] = _check(raw[name], typ, f.metadata, file, key)
-    return cls(**values)
-
-
-def _space(raw, file, key):
-    """Validate a search space: known keys, a complete and ordered range, bounds that obey the Recipe's rules."""
-    if not isinstance(raw, dict) or not raw:
-        raise UserError(f"{file}: {key}: must be a mapping of hyperparameters; fix: list at least one of "
-                        f"{', '.join(SEARCHABLE)}")
-    recipe_fields = {f.name: f for f in dataclasses.fields(Recipe)}
-    hints = typing.get_type_hints(Recipe)
-    space = {}
-    for name, spec in raw.items():
-        at = f"{key}.{name}"
-        if name not in SEARCHABLE:
-            raise UserError(f"{file}: {at}: cannot be searched; fix: use one of {', '.join(SEARCHABLE)}")
-        p = from_dict(Param, spec, file, at + ".")
-        typ, meta = hints[name], recipe_fields[name].metadata
-        if p.type == "choice":
-            if not p.values:
-                raise UserError(f"{file}: {at}.values: a choice needs a non-empty list of values; fix: add them")
-            p.values = [_check(v, typ, meta, file, f"{at}.values") for v in p.values]
-        else:
-            for end in ("low", "high"):
-                if getattr(p, end) is None:
-                    raise UserError(f"{file}: {at}.{end}: required for type {p.type}; fix: add it")
-                bound_type = int if p.type == "int" else float
-                setattr(p, end, _check(spec[end], bound_type, meta, file, f"{at}.{end}"))
-            if p.type == "int" and typ is not int:
-                raise UserError(f"{file}: {at}.type: {name} is a float; fix: use uniform or loguniform")
-            if p.type != "int" and typ is int:
-                raise UserError(f"{file}: {at}.type: {name} is an integer; fix: use int (or choice)")
-            if not p.low < p.high:
-                raise UserError(f"{file}: {at}: low must be < high (got low={p.low}, high={p.high}); fix: "
-                                f"swap or widen them")
-            if p.type == "loguniform" and p.low <= 0:
-                raise UserError(f"{file}: {at}.low: must be > 0 for loguniform (got {p.low}); fix: raise it "
-                                f"or use uniform")
-        space[name] = p
-    return space
-
-
-def _default(f):
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return dataclasses.MISSING
-
-
-def _check(value, typ, meta, file, key):
-    def fail(msg):
-        raise UserError(f"{file}: {key}: {msg} (got {value!r}); fix: edit {key} in {file}")
-
-    optional = typing.get_origin(typ) is typing.Union and type(None) in typing.get_args(typ)
-    if optional:
-        if value is None:
-            return None
-        typ = next(t for t in typing.get_args(typ) if t is not type(None))
-    if typ is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if typ is float and isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
-        try:
-            value = float(value)
-        except ValueError:
-            pass
-    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
-        fail(f"must be {'null or ' if optional else ''}{'a number' if typ is float else 'an ' + typ.__name__ if typ is int else 'a ' + typ.__name__}")
-    if meta.get("pattern") and not re.fullmatch(meta["pattern"], value):
-        fail("must be letters, digits, '_', '.' or '-', not starting with '.' (it names a folder)")
-    if meta.get("choices") and value not in meta["choices"]:
-        fail(f"must be one of {', '.join(meta['choices'])}")
-    if meta.get("gt") is not None and not value > meta["gt"]:
-        fail(f"must be > {meta['gt']}")
-    if meta.get("ge") is not None and not value >= meta["ge"]:
-        fail(f"must be >= {meta['ge']}")
-    if meta.get("le") is not None and not value <= meta["le"]:
-        fail(f"must be <= {meta['le']}")
-    return value
-
-
-def to_dict(obj):
-    return dataclasses.asdict(obj)

@@ -1,17 +1,17 @@
-"""Datasets as uint8 arrays: decode once, cache on disk, split into train / validation / test.
+"""The study's data: decoded once into uint8 arrays (cached on disk), split into train / validation / test, and
+held as uint8 tensors on the training device.
 
 Sources:
 - "cifar10": torchvision's CIFAR10, downloaded into a data folder (the path real users take).
-- "imagefolder": a folder or a .tar.gz archive holding train/<class>/* and test/<class>/* (one top-level folder
-  around them is allowed). Classes are the sorted folder names.
-- "auto": an archive, or a folder with train/ and test/, is an image folder; anything else is a CIFAR10 root.
+- "imagefolder": a folder or a .tar.gz archive in the image-folder layout (imagefolder.py).
+- "auto": an archive or other file, or a folder with train/ and test/ (or one wrapping folder around them), is
+  an image folder; anything else is a CIFAR10 root.
 
 Decoded arrays are cached as one .npy file per array under <cache>/data/<key>/, where the key is a hash of the
 source's content (archive) or of its files' names, sizes and modification times (folder): a changed source gets
 a new key, so a stale cache is never served. Loading a cached CIFAR-10 is a few hundred MB of plain reads.
 """
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from . import imagefolder
 from .errors import UserError
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".gif", ".webp", ".tif", ".tiff"}
 CACHE_VERSION = "1"  # bump when the decoded layout changes
 
 
@@ -38,32 +39,53 @@ class Arrays:
     key: str = ""  # fingerprint of the source: part of every cache key built on this data
 
 
-def is_archive(path):
-    return str(path).endswith((".tar.gz", ".tgz", ".tar"))
+@dataclass
+class Split:
+    x: torch.Tensor  # uint8 (N, 3, H, W), channels_last (NHWC storage), on the training device
+    y: torch.Tensor  # int64 (N,)
+
+    def __len__(self):
+        return len(self.y)
+
+
+@dataclass
+class StudyData:
+    train: Split
+    val: Split
+    test: Split
+    classes: list
+    key: str  # fingerprint of the source and the split: part of every cache key built on this data
 
 
 def resolve_source(source, path):
     path = Path(path)
     if source != "auto":
         return source
-    def has_splits(p):  # either split: a folder missing the other gets the clear image-folder error
-        return (p / "train").is_dir() or (p / "test").is_dir()
-
-    if is_archive(path) or path.is_file() or has_splits(path):
+    if imagefolder.is_archive(path) or path.is_file() or imagefolder.has_splits(path):
         return "imagefolder"
-    if path.is_dir() and any(has_splits(d) for d in path.iterdir() if d.is_dir()):
+    if path.is_dir() and any(imagefolder.has_splits(d) for d in path.iterdir() if d.is_dir()):
         return "imagefolder"  # one wrapping folder around train/ and test/
     return "cifar10"
 
 
 def check_source(source, path):
-    """The source's kind; a missing image-folder path is an error (a CIFAR10 folder is created by download)."""
+    """The one data-path check, cheap, before anything runs: returns the source's kind. A missing image-folder
+    path, or a file that is not a tar archive, is an error (a CIFAR10 folder is created by the download)."""
     path = Path(path).expanduser()
     source = resolve_source(source, path)
+    fix = "fix: give --data an image-folder archive (.tar.gz), a folder with train/ and test/, or a CIFAR-10 folder"
     if source == "imagefolder" and not path.exists():
-        raise UserError(f"data path {path} does not exist; fix: give --data an image-folder archive (.tar.gz) "
-                        f"or a folder with train/ and test/")
+        raise UserError(f"data path {path} does not exist; {fix}")
+    if source == "imagefolder" and path.is_file() and not _is_tar(path):
+        raise UserError(f"data path {path} is a file but not a tar archive; {fix}")
     return source
+
+
+def _is_tar(path):
+    try:
+        return tarfile.is_tarfile(path)
+    except OSError as e:
+        raise UserError(f"cannot read data path {path} ({e.strerror}); fix: check its permissions") from None
 
 
 def load_arrays(source, path, cache_dir=None):
@@ -78,7 +100,7 @@ def load_arrays(source, path, cache_dir=None):
         if cached is not None:
             cached.key = key
             return cached
-    arrays = _decode_cifar10(path) if source == "cifar10" else _decode_imagefolder(path)
+    arrays = _decode_cifar10(path) if source == "cifar10" else Arrays(*imagefolder.decode(path))
     arrays.key = key
     if cache_dir is not None:
         _write_cache(Path(cache_dir) / "data" / key, arrays)
@@ -156,87 +178,6 @@ def _decode_cifar10(root):
                   np.ascontiguousarray(te.data), np.asarray(te.targets, np.int64), list(tr.classes))
 
 
-# ---- image folders: a directory or an archive ----
-
-def _decode_imagefolder(path):
-    files = _list_archive(path) if path.is_file() else _list_folder(path)  # {(split, class): [(name, bytes)]}
-    splits = {s: sorted(c for (sp, c) in files if sp == s) for s in ("train", "test")}
-    if not splits["train"] or not splits["test"]:
-        raise UserError(f"{path} holds no train/<class>/ and test/<class>/ image folders; fix: give an archive or "
-                        f"folder laid out as train/<class>/*.jpg and test/<class>/*.jpg")
-    if splits["train"] != splits["test"]:
-        only = sorted(set(splits["train"]) ^ set(splits["test"]))
-        raise UserError(f"{path}: class folder(s) {', '.join(only)} are in only one of train/ and test/; fix: give "
-                        f"both splits the same class folders")
-    classes = splits["train"]
-    out, shape = {}, None
-    for split in ("train", "test"):
-        xs, ys = [], []
-        for label, cls in enumerate(classes):
-            for name, blob in files[(split, cls)]:
-                img = _decode_image(path, name, blob)
-                if shape is None:
-                    shape = img.shape
-                elif img.shape != shape:
-                    raise UserError(f"{path}: image {name} is {img.shape[1]}x{img.shape[0]} but the others are "
-                                    f"{shape[1]}x{shape[0]}; fix: resize all images to one size")
-                xs.append(img)
-                ys.append(label)
-        out[split] = (np.stack(xs), np.asarray(ys, np.int64))
-    return Arrays(*out["train"], *out["test"], classes)
-
-
-def _decode_image(path, name, blob):
-    from PIL import Image
-    try:
-        with Image.open(io.BytesIO(blob)) as im:
-            return np.asarray(im.convert("RGB"))
-    except Exception as e:
-        raise UserError(f"{path}: cannot decode image {name} ({type(e).__name__}); fix: replace or remove "
-                        f"that file") from None
-
-
-def _split_parts(parts):
-    """('top', 'train', 'cat', 'x.jpg') -> ('train', 'cat', 'x.jpg'): drop one wrapping folder, if any."""
-    if len(parts) == 4 and parts[1] in ("train", "test"):
-        parts = parts[1:]
-    if len(parts) == 3 and parts[0] in ("train", "test") and Path(parts[2]).suffix.lower() in IMAGE_EXTS:
-        return parts
-    return None
-
-
-def _list_archive(path):
-    files = {}
-    try:
-        with tarfile.open(path) as tf:
-            for m in tf:
-                parts = _split_parts(Path(m.name).parts) if m.isfile() else None
-                if parts:
-                    files.setdefault(tuple(parts[:2]), []).append((m.name, tf.extractfile(m).read()))
-    except (tarfile.TarError, OSError, EOFError) as e:
-        raise UserError(f"cannot read archive {path} ({type(e).__name__}: {e}); fix: give a valid .tar.gz "
-                        f"image-folder archive") from None
-    for v in files.values():
-        v.sort()
-    return files
-
-
-def _list_folder(path):
-    top = [path] + ([d for d in path.iterdir() if d.is_dir()] if not (path / "train").is_dir() else [])
-    files = {}
-    for root in top:
-        for f in sorted(root.glob("*/*/*")):
-            parts = _split_parts(f.relative_to(root).parts)
-            if parts and f.is_file():
-                try:
-                    files.setdefault(tuple(parts[:2]), []).append((str(f), f.read_bytes()))
-                except OSError as e:
-                    raise UserError(f"cannot read image {f} ({e.strerror}); fix: check its permissions") from None
-        if files:
-            break
-    return files
-
-
 # ---- splits ----
 
 def stratified_split(labels, size, seed, pool=None):
@@ -253,3 +194,23 @@ def stratified_split(labels, size, seed, pool=None):
     taken = [rng.permutation(pool[labels[pool] == c])[:k] for c, k in zip(classes, take)]
     taken = np.sort(np.concatenate(taken)) if taken else np.zeros(0, int)
     return taken, np.setdiff1d(pool, taken)
+
+
+def to_split(x_nhwc, y, device):
+    """NHWC uint8 images (numpy) -> a Split on `device`, viewed as NCHW over NHWC storage (channels_last)."""
+    x = torch.from_numpy(np.ascontiguousarray(x_nhwc)).to(device).permute(0, 3, 1, 2)
+    return Split(x, torch.from_numpy(np.asarray(y, np.int64)).to(device))
+
+
+def prepare(arrays, val_size, train_subset, seed, device):
+    """Carve the seeded, stratified validation split (and an optional training subset) and move everything
+    to `device` as uint8 tensors."""
+    val_idx, train_idx = stratified_split(arrays.train_y, val_size, seed)
+    if train_subset is not None and train_subset < len(train_idx):
+        train_idx, _ = stratified_split(arrays.train_y, train_subset, seed + 1, pool=train_idx)
+    key = f"{arrays.key}-v{val_size}-s{train_subset}-seed{seed}"
+    return StudyData(
+        train=to_split(arrays.train_x[train_idx], arrays.train_y[train_idx], device),
+        val=to_split(arrays.train_x[val_idx], arrays.train_y[val_idx], device),
+        test=to_split(arrays.test_x, arrays.test_y, device),
+        classes=list(arrays.classes), key=key)

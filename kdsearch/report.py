@@ -1,37 +1,109 @@
-"""The study report: report.json (everything, so that `kdsearch report` can re-render it), report.md,
-trials.csv and PNG plots. Test accuracy appears only for the report's rows, each measured once."""
+"""Presentation, and nothing else (no torch): the models table, the baselines' files and the search report
+(report.json, report.md, trials.csv and the plots of plots.py), re-renderable from report.json alone."""
 import csv
 import json
+import sys
 from pathlib import Path
 
-from .baselines import format_table
+# the notebook's own table: test-set accuracy at its best epoch on the test set (so tuned on the test set)
+NOTEBOOK_TEST_ACC = {"teacher": 88.77, "student_mse": 65.59, "kd_reference": 76.84}
+ROW_KEYS = ("model", "params", "val_acc", "test_acc", "train_s", "config", "history", "key")
 
-ROW_ORDER = ("teacher", "student_mse", "student_ce", "kd_reference", "kd_best")
+
+def format_table(rows, times=True):
+    """The models table: rows need model, params, val_acc, test_acc, and train_s when `times`."""
+    head = f"{'model':<14}{'params':>11}{'val acc':>10}{'test acc':>10}{'notebook':>10}"
+    head += f"{'train time':>12}" if times else ""
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        ref = NOTEBOOK_TEST_ACC.get(r["model"])
+        line = (f"{r['model']:<14}{r['params']:>11,}{r['val_acc']:>9.2f}%{r['test_acc']:>9.2f}%"
+                f"{(f'{ref:.2f}%' if ref else '-'):>10}")
+        if times:
+            line += f"{r['train_s']:>10.1f} s" + ("  (stored)" if r.get("cached") else "")
+        lines.append(line)
+    return "\n".join(lines)
 
 
-def format_rows(rows):
-    return format_table(rows, times=False)
+def write_baselines(rows, folder):
+    """baselines.json (the rows) and baselines.md (the table) in `folder`; returns their paths."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = folder / "baselines.json", folder / "baselines.md"
+    paths[0].write_text(json.dumps([{k: r.get(k) for k in ROW_KEYS} for r in rows], indent=1))
+    paths[1].write_text("```\n" + format_table(rows) + "\n```\n")
+    return paths
+
+
+def build(study, name, rows, trials, space, mlflow, dashboard):
+    """The report's content. rows: the baselines' and kd_best's rows; space: {name: Param}; mlflow: the
+    tracker's info (tracking_uri, experiment, parent_run_id, ui_command)."""
+    best = next(r for r in rows if r["model"] == "kd_best")
+    return {"study": study, "name": name,
+            "rows": [{k: r.get(k) for k in ROW_KEYS if k != "key"} for r in rows],
+            "best_config": {k: best["config"][k] for k in space},
+            "num_trials": len(trials),
+            "space": {k: vars(p) for k, p in space.items()},
+            "trials": trials, "mlflow": mlflow, "dashboard": dashboard}
+
+
+def timings(total_s, engine_s, trials):
+    """Three parts of a search's wall time: the engine phase (data, teacher, baselines and logits, timed once
+    Ray and MLflow are up), the trials' training (the union of their training intervals), and the rest:
+    overhead (Ray start, trial process start, Optuna, MLflow, the report)."""
+    train_s = _union([(t["train_start"], t["train_end"]) for t in trials if t["train_start"]])
+    overhead = total_s - engine_s - train_s
+    return {"total_s": total_s, "engine_s": engine_s, "trial_training_s": train_s, "overhead_s": overhead,
+            "overhead_share": overhead / total_s}
+
+
+def _union(intervals):
+    total, end = 0.0, float("-inf")
+    for a, b in sorted(intervals):
+        if b > end:
+            total += b - max(a, end)
+            end = b
+    return total
 
 
 def render(report, folder):
-    """Write report.json, report.md, trials.csv and the plots into `folder`; return the written paths."""
+    """Write every file of the report into `folder`; return the written paths (report.json, report.md first)."""
+    return write(report, folder, render_figures(report, folder))
+
+
+def render_figures(report, folder):
+    """trials.csv and the plots; return their paths."""
+    from .plots import plot_report
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "report.json").write_text(json.dumps(report, indent=1))
     _trials_csv(report, folder / "trials.csv")
-    plots = _plots(report, folder)
-    best = report["best_config"]
+    return [folder / "trials.csv", *plot_report(report, folder)]
+
+
+def write(report, folder, figures):
+    """report.json and report.md; return them and `figures`."""
+    folder = Path(folder)
+    (folder / "report.json").write_text(json.dumps(report, indent=1))
+    best, m = report["best_config"], report["mlflow"]
     md = [f"# {report['study']}: KD search report", "",
           f"{report['num_trials']} trials; best KD settings by validation accuracy: "
           + ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}" for k, v in best.items()) + ".", "",
-          "```", format_rows(report["rows"]), "```", "",
+          "```", format_table(report["rows"], times=False), "```", "",
           "Validation accuracy chose everything; test accuracy was measured once per row, for this table. The "
-          "notebook column is the notebook's own test-set result (its numbers were tuned on the test set).", "",
-          f"MLflow: `{report['mlflow']['ui_command']}` (experiment `{report['mlflow']['experiment']}`, parent run "
-          f"`{report['mlflow']['parent_run_id']}`).", ""]
-    md += [f"![{p.stem}]({p.name})" for p in plots]
+          "notebook column is the notebook's own test-set result (its numbers were tuned on the test set).", ""]
+    if report.get("timings"):
+        md += [_timings_line(report), ""]
+    md += [f"MLflow: `{m['ui_command']}` (experiment `{m['experiment']}`, parent run `{m['parent_run_id']}`).", ""]
+    md += [f"![{p.stem}]({p.name})" for p in figures if p.suffix == ".png"]
     (folder / "report.md").write_text("\n".join(md) + "\n")
-    return [folder / "report.json", folder / "report.md", folder / "trials.csv", *plots]
+    return [folder / "report.json", folder / "report.md", *figures]
+
+
+def _timings_line(report):
+    t = report["timings"]
+    return (f"{report['num_trials']} trials; {t['total_s']:.0f} s in all: {t['engine_s']:.0f} s data, teacher, "
+            f"baselines and logits; {t['trial_training_s']:.0f} s training trials; {t['overhead_s']:.0f} s "
+            f"({100 * t['overhead_share']:.1f}%) overhead (Ray start, trial start-up, Optuna, MLflow, the report)")
 
 
 def _trials_csv(report, path):
@@ -44,63 +116,9 @@ def _trials_csv(report, path):
                         t["val_acc"], t["epochs_run"], round(t["train_s"], 1)])
 
 
-def _plots(report, folder):
-    import matplotlib
-    import matplotlib.ticker
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    trials = [t for t in report["trials"] if t["val_acc"] is not None]
-    baselines = {r["model"]: r for r in report["rows"]}
-    paths = []
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    colors = {"completed": "tab:blue", "pruned": "tab:orange", "failed": "tab:red"}
-    for state, color in colors.items():
-        pts = [(t["number"], t["val_acc"]) for t in trials if t["state"] == state]
-        if pts:
-            ax.scatter(*zip(*pts), c=color, label=state, s=25)
-    best, line = float("-inf"), []
-    for t in sorted(trials, key=lambda t: t["number"]):
-        if t["state"] == "completed":
-            best = max(best, t["val_acc"])
-        line.append((t["number"], best if best > float("-inf") else None))
-    ax.plot([n for n, b in line if b is not None], [b for n, b in line if b is not None], c="k", label="best so far")
-    for name, style in (("kd_reference", "--"), ("student_ce", ":")):
-        if name in baselines:
-            ax.axhline(baselines[name]["val_acc"], ls=style, c="gray", label=name)
-    ax.set(xlabel="trial", ylabel="validation accuracy (%)", title="Optimisation history")
-    ax.legend(fontsize=8)
-    paths.append(_save(fig, folder / "history.png"))
-
-    names = sorted({k for t in trials for k in t["params"]})
-    if names:
-        fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.2), squeeze=False)
-        for ax, name in zip(axes[0], names):
-            xs = [t["params"][name] for t in trials]
-            ax.scatter(xs, [t["val_acc"] for t in trials], c=[colors.get(t["state"], "k") for t in trials], s=20)
-            if report["space"].get(name, {}).get("type") == "loguniform":
-                ax.set_xscale("log")
-                ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels overlap
-            ax.set(xlabel=name, ylabel="val acc (%)")
-        fig.suptitle("Validation accuracy against each hyperparameter")
-        paths.append(_save(fig, folder / "params.png"))
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    curves = [(r["model"], r.get("history") or []) for r in report["rows"] if r["model"] != "teacher"]
-    for name, history in curves:
-        if history:
-            ax.plot([h["epoch"] for h in history], [h["val_acc"] for h in history], label=name,
-                    lw=2.5 if name == "kd_best" else 1.2)
-    ax.set(xlabel="epoch", ylabel="validation accuracy (%)", title="Learning curves: best trial and baselines")
-    ax.legend(fontsize=8)
-    paths.append(_save(fig, folder / "curves.png"))
-    return paths
-
-
-def _save(fig, path):
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    import matplotlib.pyplot as plt
-    plt.close(fig)
-    return path
+def print_summary(report, written, out=sys.stdout):
+    print(format_table(report["rows"], times=False), file=out)
+    if report.get("timings"):
+        print("\n" + _timings_line(report), file=out)
+    print(f"report: {written[1]}", file=out)
+    print(f"MLflow: {report['mlflow']['ui_command']}", file=out)

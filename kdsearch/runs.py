@@ -1,4 +1,4 @@
-"""Train a model by a recipe, or read it back from the store when the same run was done before."""
+"""One model trained by a recipe, or read back from the store when the same run was done before."""
 import dataclasses
 import sys
 import time
@@ -11,13 +11,14 @@ def log_stderr(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
-def train_or_load(store, kind, key, name, recipe, data, *, seed, device, teacher_logits=None, log=log_stderr):
-    """Return (model, info). info: name, params, val_acc, test_acc, train_s, history, recipe, cached.
+def train_or_load(store, kind, key, name, recipe, data, *, seed, teacher_logits=None, log=log_stderr):
+    """Return (model, row), on the data's device. row: model (the name), key, params, val_acc, test_acc, train_s,
+    history, config (the recipe), cached.
 
     The test accuracy is measured once, right after training, and stored with the run: nothing is ever chosen
     by it (searches compare validation accuracy).
     """
-    model = new_model(recipe.model, len(data.classes), seed, device)
+    model = new_model(recipe.model, len(data.classes), seed, data.train.x.device)
     stored = store.load_run(kind, key)
     if stored is not None:
         model.load_state_dict(stored[0])
@@ -32,8 +33,8 @@ def train_or_load(store, kind, key, name, recipe, data, *, seed, device, teacher
     start = time.perf_counter()
     history = train(model, recipe, data.train, seed=seed, view_seed=seed, val=data.val,
                     teacher_logits=teacher_logits, report=report)
-    info = {"name": name, "key": key, "params": count_params(model), "val_acc": history[-1]["val_acc"],
-            "test_acc": evaluate(model, data.test), "train_s": time.perf_counter() - start,
-            "history": history, "recipe": dataclasses.asdict(recipe)}
-    store.save_run(kind, key, model, info)
-    return model, {**info, "cached": False}
+    row = {"model": name, "key": key, "params": count_params(model), "val_acc": history[-1]["val_acc"],
+           "test_acc": evaluate(model, data.test), "train_s": time.perf_counter() - start,
+           "history": history, "config": dataclasses.asdict(recipe)}
+    store.save_run(kind, key, model, row)
+    return model, {**row, "cached": False}

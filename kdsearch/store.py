@@ -1,5 +1,5 @@
-"""A content-keyed store of trained models and computed tensors under <cache>/: the teacher, the baselines
-and the teacher's logits are each computed once and then read back.
+"""The cache of trained models and computed tensors, keyed by content: the teacher, the baselines and the
+teacher's logits are each computed once and then read back.
 
 A key is a hash of everything that determines the result (data fingerprint, recipe, seed, engine version), so a
 changed input misses the cache instead of being served a stale result. Writes go to a temporary file first and
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-ENGINE_VERSION = "2"  # bump when a change to training makes old cached models wrong
+ENGINE_VERSION = "3"  # bump when old cached entries are wrong (3: rows say model/config, histories hold loss parts)
 
 
 def make_key(*parts):
@@ -53,9 +53,6 @@ class Store:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         _atomic(pt, lambda p: torch.save(state, p))
         _atomic(js, lambda p: p.write_text(json.dumps(info, indent=1)))  # written last: marks the run complete
-
-    def update_info(self, kind, key, info):
-        _atomic(self._paths(kind, key)[1], lambda p: p.write_text(json.dumps(info, indent=1)))
 
     def load_tensor(self, kind, key):
         pt = self.root / kind / f"{key}.pt"

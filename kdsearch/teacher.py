@@ -15,33 +15,34 @@ import torch
 from .augment import augmented_views
 from .engine import evaluate, new_model, predict
 from .errors import UserError
+from .losses import NEEDS_TEACHER
 from .models import count_params
 from .runs import log_stderr, train_or_load
 from .store import make_key
 
 
-def get_teacher(study, data, store, device, log=log_stderr):
-    """Return (teacher, info, key): from study.teacher.checkpoint if given, else trained once and cached."""
-    recipe = study.teacher
+def get_teacher(recipe, seed, data, store, log=log_stderr):
+    """Return (teacher, row, key) on the data's device: from recipe.checkpoint if given, else trained once by
+    `recipe` and cached."""
     if recipe.checkpoint:
         path = Path(recipe.checkpoint).expanduser()
-        model = load_checkpoint(path, recipe.model, len(data.classes), device)
+        model = load_checkpoint(path, recipe.model, len(data.classes), data.train.x.device)
         digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
         key = make_key("checkpoint", digest, data.key)
         stored = store.load_run("teacher", key)
         if stored is None:
-            info = {"name": "teacher", "key": key, "params": count_params(model), "val_acc": evaluate(model, data.val),
-                    "test_acc": evaluate(model, data.test), "train_s": 0.0, "history": [], "checkpoint": str(path)}
-            store.save_run("teacher", key, model, info)
-            log(f"teacher: loaded {path} (val {info['val_acc']:.2f}%)")
+            row = {"model": "teacher", "key": key, "params": count_params(model), "val_acc": evaluate(model, data.val),
+                   "test_acc": evaluate(model, data.test), "train_s": 0.0, "history": [],
+                   "config": {"checkpoint": str(path)}}
+            store.save_run("teacher", key, model, row)
+            log(f"teacher: loaded {path} (val {row['val_acc']:.2f}%)")
         else:
-            info = stored[1]
-        return model, {**info, "cached": True}, key
+            row = stored[1]
+        return model, {**row, "cached": True}, key
     fields = {k: v for k, v in dataclasses.asdict(recipe).items() if k != "checkpoint"}
-    key = make_key("teacher", fields, data.key, study.seed)
-    model, info = train_or_load(store, "teacher", key, "teacher", recipe, data, seed=study.seed, device=device,
-                                log=log)
-    return model, info, key
+    key = make_key("teacher", fields, data.key, seed)
+    model, row = train_or_load(store, "teacher", key, "teacher", recipe, data, seed=seed, log=log)
+    return model, row, key
 
 
 def load_checkpoint(path, model_name, num_classes, device):
@@ -67,11 +68,10 @@ def load_checkpoint(path, model_name, num_classes, device):
     return model
 
 
-def logit_epochs(study):
-    """Epochs of the study's logit table: the longest KD run, baseline or trial, that the study can make."""
-    kd = [getattr(study.baselines, n).epochs for n in ("student_mse", "student_ce", "kd_reference")
-          if getattr(study.baselines, n).loss == "kd"]
-    return max(kd + [space_epochs(study.space, study.baselines.kd_reference)])
+def logit_epochs(baselines, space):
+    """Epochs of the study's logit table: the longest run that reads it, baseline or trial."""
+    kd = [r.epochs for r in vars(baselines).values() if r.loss in NEEDS_TEACHER]
+    return max(kd + [space_epochs(space, baselines.kd_reference)])
 
 
 def space_epochs(space, kd_reference):

@@ -2,7 +2,7 @@
 
 One experiment per study; one parent run per search (the study file, the baselines' metrics, the best result
 and the report); one child run per trial, tagged with mlflow.parentRunId, holding its parameters, its per-epoch
-val_acc and train_loss, and its final status.
+val_acc, train_loss and loss terms (loss_hard, loss_soft for KD), and its final status.
 """
 import os
 from pathlib import Path
@@ -13,9 +13,20 @@ import mlflow  # noqa: E402
 from mlflow.entities import Metric  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
+from .errors import UserError  # noqa: E402
+
 
 def default_uri(results):
     return f"sqlite:///{Path(results).resolve() / 'mlflow.db'}"
+
+
+def open_tracker(uri, experiment, artifact_root):
+    """A Tracker on `uri`, or a UserError naming the store: a cheap check before anything is trained."""
+    try:
+        return Tracker(uri, experiment, artifact_root)
+    except Exception as e:  # an unreachable server, a bad URI, a deleted experiment of that name
+        raise UserError(f"cannot use the MLflow store {uri} ({type(e).__name__}: {str(e)[:150]}); fix: check "
+                        f"tracking.uri, or restore or rename tracking.experiment") from None
 
 
 def ui_command(uri):
@@ -41,13 +52,18 @@ class Tracker:
         self.parent = None
         self.children = {}  # trial id -> run id
 
+    def info(self):
+        return {"tracking_uri": self.uri, "experiment": self.experiment, "parent_run_id": self.parent,
+                "ui_command": ui_command(self.uri)}
+
     def start_parent(self, run_name, study_file, params, baseline_rows):
+        """baseline_rows: report rows (model, val_acc, test_acc), logged as <model>_val_acc, <model>_test_acc."""
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags={"kdsearch.kind": "search"})
         self.parent = run.info.run_id
         self.client.log_artifact(self.parent, str(study_file))
         for k, v in params.items():
             self.client.log_param(self.parent, k, v)
-        metrics = [Metric(f"{r['name']}_{m}", r[m], 0, 0) for r in baseline_rows for m in ("val_acc", "test_acc")]
+        metrics = [Metric(f"{r['model']}_{m}", r[m], 0, 0) for r in baseline_rows for m in ("val_acc", "test_acc")]
         self.client.log_batch(self.parent, metrics=metrics)
         return self.parent
 
@@ -60,8 +76,9 @@ class Tracker:
     def log_epoch(self, trial_id, epoch, metrics):
         # one call per epoch: each sqlite write is its own transaction
         ts = int(metrics.get("wall", 0) * 1000)
+        names = ["val_acc", "train_loss"] + sorted(k for k in metrics if k.startswith("loss_"))
         self.client.log_batch(self.children[trial_id],
-                              metrics=[Metric(k, float(metrics[k]), ts, epoch) for k in ("val_acc", "train_loss")])
+                              metrics=[Metric(k, float(metrics[k]), ts, epoch) for k in names])
 
     def end_trial(self, trial_id, state):
         """state: completed, pruned or failed (an MLflow tag; the run status is FINISHED, KILLED or FAILED)."""
@@ -95,3 +112,26 @@ class Tracker:
         """FINISHED, KILLED (interrupted) or FAILED; never left RUNNING."""
         if self.parent is not None:
             self.client.set_terminated(self.parent, status)
+
+
+def trial_callback(tracker, searcher, space_names, log):
+    """A Tune callback, in the driver, that mirrors each trial into an MLflow child run and prints its epochs.
+    A trial's final state is the searcher's (make_searcher), which Tune updates before calling back."""
+    from ray import tune
+
+    class TrackTrials(tune.Callback):
+        def on_trial_start(self, iteration, trials, trial, **info):
+            tracker.start_trial(trial.trial_id, f"trial_{trial.trial_id}", trial.config)
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            tracker.log_epoch(trial.trial_id, result["epoch"], result)
+            log(f"trial {trial.trial_id}: epoch {result['epoch']}/{result['epochs']} val {result['val_acc']:.2f}% "
+                + " ".join(f"{k}={trial.config[k]:.4g}" for k in space_names if k in trial.config))
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            tracker.end_trial(trial.trial_id, searcher.trials.get(trial.trial_id, (None, "failed"))[1])
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            tracker.end_trial(trial.trial_id, "failed")
+
+    return TrackTrials()

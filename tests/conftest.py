@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from kdsearch.imagefolder import layout, read_files
+
 SHARED_ARCHIVE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 ARCHIVE = Path(os.environ.get("KDSEARCH_TEST_ARCHIVE", SHARED_ARCHIVE))
 TRAIN_PER_CLASS, TEST_PER_CLASS = 40, 10
@@ -26,18 +28,8 @@ def tiny_files():
     """{"train/<class>/<file>": jpeg bytes}: the first 40 train and 10 test images of every class."""
     if not ARCHIVE.exists():
         pytest.fail(f"the shared CIFAR-10 archive is missing at {ARCHIVE} (set KDSEARCH_TEST_ARCHIVE)")
-    files, counts = {}, {}
-    with tarfile.open(ARCHIVE) as tf:
-        for m in tf:
-            parts = Path(m.name).parts[-3:]
-            if not m.isfile() or len(parts) != 3:
-                continue
-            split, cls, _ = parts
-            limit = TRAIN_PER_CLASS if split == "train" else TEST_PER_CLASS
-            if counts.get((split, cls), 0) < limit:
-                counts[(split, cls)] = counts.get((split, cls), 0) + 1
-                files["/".join(parts)] = tf.extractfile(m).read()
-    return files
+    files = read_files(ARCHIVE, limit={"train": TRAIN_PER_CLASS, "test": TEST_PER_CLASS})
+    return {"/".join(layout(Path(name).parts)): blob for items in files.values() for name, blob in items}
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import subprocess
 import sys
@@ -24,9 +25,11 @@ def test_baselines_end_to_end_then_everything_is_reused(tiny_study, tiny_archive
     assert list(rows) == ["teacher", "student_mse", "student_ce", "kd_reference"]
     assert rows["teacher"][1] == "3,251,018" and rows["kd_reference"][1] == "545,098"
     saved = json.loads((results / "tiny" / "baselines.json").read_text())
-    assert [r["name"] for r in saved] == list(rows)
+    assert [r["model"] for r in saved] == list(rows)  # one row schema: model, config, ...
+    assert saved[3]["config"]["loss"] == "kd" and saved[0]["config"]["model"] == "teacher"
     assert all(0 <= r["val_acc"] <= 100 and 0 <= r["test_acc"] <= 100 for r in saved)
-    assert len(saved[3]["history"]) == 2  # kd_reference ran its 2 epochs, with a val_acc each
+    assert len(saved[3]["history"]) == 2  # kd_reference ran its 2 epochs, with a val_acc and loss terms each
+    assert {"val_acc", "train_loss", "loss_hard", "loss_soft"} <= set(saved[3]["history"][-1])
     assert "teacher logits: 2 epochs x 300 views" in first.stderr
 
     second = kdsearch("baselines", tiny_study, "--data", tiny_archive, "--results", results, cwd=tmp_path)
@@ -100,6 +103,8 @@ def test_user_errors_exit_2_with_one_line_and_write_nothing(tiny_study, tiny_arc
     cpu_hungry.write_text(tiny_study.read_text() + "resources:\n  cpu: 999\n")
     gpu_on_cpu = tmp_path / "gpu.yaml"  # a whole GPU per trial for a study that runs on the CPU
     gpu_on_cpu.write_text(tiny_study.read_text() + "device: cpu\nresources:\n  gpu: 1\n")
+    not_an_archive = tmp_path / "notes.txt"
+    not_an_archive.write_text("not images\n" * 50)
     cases = [
         ("baselines", bad, "--data", tiny_archive, "--results", tmp_path / "r1"),
         ("baselines", tmp_path / "missing.yaml", "--results", tmp_path / "r2"),
@@ -112,13 +117,16 @@ def test_user_errors_exit_2_with_one_line_and_write_nothing(tiny_study, tiny_arc
         ("search", tiny_study, "--data", tmp_path / "nope.tar.gz", "--results", tmp_path / "r7"),
         ("search", tiny_study, "--data", tiny_archive, "--results", tmp_path / "r8", "--name", "../escape"),
         ("search", gpu_on_cpu, "--data", tiny_archive, "--results", tmp_path / "r9"),
+        ("baselines", tiny_study, "--data", not_an_archive, "--results", tmp_path / "r10"),
+        ("search", tiny_study, "--data", not_an_archive, "--results", tmp_path / "r11"),
+        ("bench", "--data", not_an_archive),
     ]
     for args in cases:
         r = kdsearch(*args, cwd=tmp_path)
         assert r.returncode == 2, (args, r.stderr)
         assert r.stderr.startswith("kdsearch: error: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert "Traceback" not in r.stderr
-    assert not any((tmp_path / f"r{i}").exists() for i in range(1, 10))
+    assert not any((tmp_path / f"r{i}").exists() for i in range(1, 12))
     ok = kdsearch("validate", tiny_study, cwd=tmp_path)
     assert ok.returncode == 0 and "valid study 'tiny'" in ok.stdout
 
@@ -143,10 +151,28 @@ def test_shipped_study_files_are_valid():
         load_study(os.path.join(root, name))
 
 
-def test_bench_writes_exactly_the_three_figures(tiny_archive, tmp_path):
+def test_bench_figures_are_honest_measurements_with_their_evidence(tiny_archive, tmp_path):
     r = kdsearch("bench", "--data", tiny_archive, "--batches", "1", "--json", tmp_path / "b.json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    figures = json.loads((tmp_path / "b.json").read_text())
-    assert set(figures) == {"seed_loop_img_s", "kd_img_s", "ce_img_s"}
-    assert all(v > 0 for v in figures.values())
-    assert "kd / seed_loop" in r.stdout and "ce / kd" in r.stdout
+    result = json.loads((tmp_path / "b.json").read_text())
+    evidence = result.pop("evidence")
+    assert {"seed_loop_img_s", "kd_img_s", "ce_img_s", "teacher_logits_img_s"} <= set(result)
+    assert all(math.isfinite(v) and v > 0 for v in result.values())
+    assert {"device", "torch", "cpu_threads", "batch_size", "batches", "repeats", "kdsearch", "git_commit"} <= set(
+        evidence)
+    assert evidence["batch_size"] == 256 and evidence["device"].startswith("cpu")
+    printed = {line.split()[0]: line for line in r.stdout.splitlines() if line.split()}
+    for name, value in result.items():  # the JSON and the printout agree
+        assert float(printed[name].split()[1]) == value
+    # each printed ratio is the ratio of the printed figures
+    ratios = {"kd_img_s": ("kd / seed_loop = ", result["kd_img_s"] / result["seed_loop_img_s"]),
+              "ce_img_s": ("ce / kd = ", result["ce_img_s"] / result["kd_img_s"]),
+              "kd_notebook_relu_img_s": ("kd / this = ", result["kd_img_s"] / result["kd_notebook_relu_img_s"])}
+    for name, (label, ratio) in ratios.items():
+        shown = float(printed[name].split(label)[1].split("x")[0].rstrip(")"))
+        assert shown == pytest.approx(ratio, abs=0.006), (name, shown, ratio)
+    assert "training-step throughput" in printed["kd_img_s"]
+    # a trial's whole cost: its step plus its share of the table, so between the two and rising with N
+    n1, n20 = result["kd_trial_img_s_n1"], result["kd_trial_img_s_n20"]
+    assert n1 < n20 <= result["kd_img_s"] * 1.001 and n1 <= result["teacher_logits_img_s"] * 1.001
+    assert evidence["torch"] in printed["evidence:"]

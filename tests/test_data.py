@@ -110,8 +110,14 @@ def test_images_of_different_sizes(tmp_path):
         load_arrays("auto", path)
 
 
-def test_archive_that_is_not_an_archive(tmp_path):
-    path = tmp_path / "broken.tar.gz"
-    path.write_bytes(b"\x1f\x8b garbage")
-    with pytest.raises(UserError, match="cannot read archive"):
-        load_arrays("auto", path)
+def test_a_file_that_is_not_an_archive_or_a_damaged_archive_gets_one_line(tiny_archive, tmp_path):
+    broken = tmp_path / "broken.tar.gz"
+    broken.write_bytes(b"\x1f\x8b garbage")
+    with pytest.raises(UserError, match="is a file but not a tar archive") as e:
+        load_arrays("auto", broken)
+    assert "\n" not in str(e.value) and "fix:" in str(e.value)
+    truncated = tmp_path / "truncated.tar.gz"  # a real archive, cut short: tarfile fails midway
+    truncated.write_bytes(tiny_archive.read_bytes()[:30000])
+    with pytest.raises(UserError, match="cannot read archive") as e:
+        load_arrays("auto", truncated)
+    assert "\n" not in str(e.value) and "fix:" in str(e.value)

@@ -4,30 +4,22 @@ import json
 import subprocess
 import sys
 
-from optuna.trial import TrialState
-
 from conftest import TINY_BASE
 from kdsearch.config import Param
-from kdsearch.search import _pruning_optuna_search, optuna_space
-
-
-def searcher():
-    space = {"lr": Param("loguniform", 1e-4, 1e-2), "epochs": Param("int", 1, 5)}
-    s = _pruning_optuna_search(space=optuna_space(space), metric="val_acc", mode="max", seed=0)
-    return s
+from kdsearch.tuner import make_searcher
 
 
 def test_a_stopped_trial_is_pruned_and_a_finished_one_complete():
-    s = searcher()
+    s = make_searcher({"lr": Param("loguniform", 1e-4, 1e-2), "epochs": Param("int", 1, 5)}, seed=0)
     for tid in ("stopped", "finished", "crashed"):
         s.suggest(tid)
+    assert {tid: state for tid, (_, state) in s.trials.items()} == dict.fromkeys(s.trials, "running")
     s.on_trial_result("stopped", {"val_acc": 30.0, "training_iteration": 1, "epoch": 1, "epochs": 4})
     s.on_trial_complete("stopped", {"val_acc": 30.0, "training_iteration": 1, "epoch": 1, "epochs": 4})
     s.on_trial_complete("finished", {"val_acc": 40.0, "training_iteration": 4, "epoch": 4, "epochs": 4})
     s.on_trial_complete("crashed", None, error=True)
-    states = {t.number: t.state for t in s._ot_study.get_trials(deepcopy=False)}
-    assert states == {0: TrialState.PRUNED, 1: TrialState.COMPLETE, 2: TrialState.FAIL}
-    assert s._ot_study.best_value == 40.0  # the 1-epoch score is not taken as a result
+    # the states are read back from Optuna's study: the 1-epoch score never reached TPE as a result
+    assert s.trials == {"stopped": (0, "pruned"), "finished": (1, "completed"), "crashed": (2, "failed")}
 
 
 ASHA = """\

@@ -55,6 +55,11 @@ def test_report_has_every_row_and_the_notebook_point_came_first(searched):
     assert "report.md" in first.stdout and "mlflow ui --backend-store-uri sqlite:///" in first.stdout
     assert "ray: started a local instance on 127.0.0.1; dashboard http://127.0.0.1:" in first.stderr
     assert "kd_best" in first.stdout
+    t = report["timings"]  # three parts that add up, each printed
+    assert min(t["engine_s"], t["trial_training_s"], t["overhead_s"]) > 0
+    assert t["engine_s"] + t["trial_training_s"] + t["overhead_s"] == pytest.approx(t["total_s"])
+    assert (f"{t['engine_s']:.0f} s data, teacher, baselines and logits; {t['trial_training_s']:.0f} s training "
+            f"trials; {t['overhead_s']:.0f} s") in first.stdout
 
 
 def test_mlflow_has_one_parent_and_a_child_per_trial_with_per_epoch_metrics(searched, tmp_path):
@@ -71,8 +76,12 @@ def test_mlflow_has_one_parent_and_a_child_per_trial_with_per_epoch_metrics(sear
         assert child.info.status == "FINISHED" and child.data.tags["kdsearch.state"] == "completed"
         assert set(child.data.params) == {"temperature", "alpha", "lr", "epochs"}
         epochs = int(child.data.params["epochs"])
-        for metric in ("val_acc", "train_loss"):
+        for metric in ("val_acc", "train_loss", "loss_hard", "loss_soft"):
             assert [m.step for m in client.get_metric_history(child.info.run_id, metric)] == list(range(1, epochs + 1))
+        alpha = float(child.data.params["alpha"])  # the logged terms make up the logged loss
+        hard, soft, total = (client.get_metric_history(child.info.run_id, k)[-1].value
+                             for k in ("loss_hard", "loss_soft", "train_loss"))
+        assert total == pytest.approx(alpha * hard + (1 - alpha) * soft, rel=1e-4)
     parent = client.get_run(parent_id)
     assert parent.info.status == "FINISHED" and "kd_best_test_acc" in parent.data.metrics
     artifacts = {a.path for a in client.list_artifacts(parent_id)} | {
@@ -91,10 +100,15 @@ def test_a_second_search_trains_no_teacher_or_baseline_again(searched):
     assert (results / "again" / "report.json").exists()
 
 
-def test_report_command_rerenders_without_training(searched, tmp_path):
+def test_report_command_rerenders_without_training_or_torch(searched, tmp_path):
     results, _, _ = searched
     (results / "tiny" / "report.md").unlink()
-    r = kdsearch("report", results / "tiny", cwd=tmp_path)
+    code = ("import sys\n"
+            "from kdsearch.cli import main\n"
+            f"code = main(['report', {str(results / 'tiny')!r}])\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n"
+            "sys.exit(code)\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert (results / "tiny" / "report.md").exists() and "kd_best" in r.stdout and r.stderr == ""
     bad = kdsearch("report", tmp_path / "nothing", cwd=tmp_path)
@@ -103,7 +117,7 @@ def test_report_command_rerenders_without_training(searched, tmp_path):
 
 def test_the_local_ray_serves_its_dashboard_on_loopback_without_a_token(tmp_path):
     code = ("import urllib.request\n"
-            "from kdsearch.search import start_ray\n"
+            "from kdsearch.tuner import start_ray\n"
             "url = start_ray(None, print)\n"
             "import ray\n"
             "assert url.startswith('http://127.0.0.1:'), url\n"

@@ -5,10 +5,10 @@ import torch
 
 from kdsearch.augment import augmented_views
 from kdsearch.config import Recipe, load_study
-from kdsearch.data import load_arrays
-from kdsearch.engine import new_model, prepare, train_step
+from kdsearch.data import Split, load_arrays, prepare
+from kdsearch.engine import new_model, train, train_step
 from kdsearch.errors import UserError
-from kdsearch.losses import LOSSES
+from kdsearch.losses import make_loss
 from kdsearch.store import Store
 from kdsearch.teacher import get_teacher, load_checkpoint, teacher_logits
 
@@ -35,7 +35,7 @@ def test_kd_step_on_cached_logits_equals_the_step_with_the_teacher_online(data, 
                 t = teacher(x)
         else:
             t = table[1, idx]
-        loss = train_step(student, opt, LOSSES["kd"], recipe, x, y, t)
+        loss, _ = train_step(student, opt, make_loss(recipe), x, y, t)
         students.append((student, loss))
     (a, loss_a), (b, loss_b) = students
     torch.testing.assert_close(loss_a, loss_b, rtol=1e-5, atol=1e-6)
@@ -48,16 +48,15 @@ def test_kd_step_on_cached_logits_equals_the_step_with_the_teacher_online(data, 
 def test_teacher_is_trained_once_and_retrained_when_its_recipe_changes(data, tiny_study, tmp_path):
     study = load_study(tiny_study)
     store, logs = Store(tmp_path / "cache"), []
-    t1, info1, key1 = get_teacher(study, data, store, torch.device("cpu"), logs.append)
+    t1, info1, key1 = get_teacher(study.teacher, study.seed, data, store, logs.append)
     assert not info1["cached"] and any("training teacher" in m for m in logs)
     logs.clear()
-    t2, info2, key2 = get_teacher(study, data, store, torch.device("cpu"), logs.append)
+    t2, info2, key2 = get_teacher(study.teacher, study.seed, data, store, logs.append)
     assert info2["cached"] and key2 == key1 and not any("training" in m for m in logs)
     for p, q in zip(t1.state_dict().values(), t2.state_dict().values()):
         assert torch.equal(p, q)
-    changed = dataclasses.replace(study, teacher=dataclasses.replace(study.teacher, lr=0.05))
     logs.clear()
-    _, info3, key3 = get_teacher(changed, data, store, torch.device("cpu"), logs.append)
+    _, info3, key3 = get_teacher(dataclasses.replace(study.teacher, lr=0.05), study.seed, data, store, logs.append)
     assert key3 != key1 and not info3["cached"] and any("training teacher" in m for m in logs)
 
 
@@ -66,7 +65,7 @@ def test_a_teacher_checkpoint_is_used_as_given(data, tiny_study, tmp_path):
     torch.save(model.state_dict(), tmp_path / "t.pt")
     study = load_study(tiny_study, {"teacher.checkpoint": str(tmp_path / "t.pt")})
     logs = []
-    loaded, info, _ = get_teacher(study, data, Store(tmp_path / "c"), torch.device("cpu"), logs.append)
+    loaded, info, _ = get_teacher(study.teacher, study.seed, data, Store(tmp_path / "c"), logs.append)
     assert not any("training" in m for m in logs) and info["train_s"] == 0
     for p, q in zip(model.state_dict().values(), loaded.state_dict().values()):
         assert torch.equal(p, q)
@@ -88,28 +87,33 @@ def test_checkpoints_that_do_not_fit_get_a_clear_error(tmp_path):
 
 
 def test_training_pairs_each_epochs_views_with_that_epochs_logits(data, tmp_path):
-    """engine.train on the table equals a hand-written loop that runs the teacher online on the same views."""
-    from kdsearch.engine import Split, train
+    """engine.train on the table equals KD with the teacher run online on each epoch's views (the notebook's way).
+    One batch per epoch, so that the reference needs no batch order: any order gives the same step, up to float
+    rounding (SGD: Adam would blow the rounding of near-zero gradients up to whole steps)."""
     cpu = torch.device("cpu")
     small = Split(data.train.x[:128], data.train.y[:128])
     teacher = new_model("teacher", 10, 1, cpu).eval()
+    with torch.no_grad():  # an untrained teacher's logits hardly vary between views: make them, so pairing shows
+        teacher.classifier[-1].weight.mul_(100)
     table = teacher_logits(teacher, "t", type(data)(small, data.val, data.test, data.classes, "small"), seed=7,
                            epochs=2, store=Store(tmp_path), log=lambda m: None)
-    recipe = Recipe(loss="kd", epochs=2, batch_size=64, lr=1e-2)
+    recipe = Recipe(loss="kd", alpha=0.0, epochs=2, batch_size=128, optimizer="sgd", lr=0.05, momentum=0.9)
     cached = new_model("student", 10, 0, cpu)
     train(cached, recipe, small, seed=3, view_seed=7, teacher_logits=table)
 
     online = new_model("student", 10, 0, cpu)
-    opt = torch.optim.Adam(online.parameters(), lr=1e-2)
-    order = torch.Generator().manual_seed(3)
+    opt, loss_fn = torch.optim.SGD(online.parameters(), lr=0.05, momentum=0.9), make_loss(recipe)
+    every = torch.arange(128)
     for epoch in range(2):
         online.train()
-        perm = torch.randperm(128, generator=order)
-        for i in range(0, 128, 64):
-            idx = perm[i:i + 64]
-            x = augmented_views(small.x, idx, 7, epoch)
-            with torch.no_grad():
-                t = teacher(x)
-            train_step(online, opt, LOSSES["kd"], recipe, x, small.y[idx], t)
+        x = augmented_views(small.x, every, 7, epoch)
+        with torch.no_grad():
+            t = teacher(x)
+        train_step(online, opt, loss_fn, x, small.y, t)
     for (name, p), q in zip(cached.named_parameters(), online.parameters()):
-        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+    # and that tolerance would catch a wrong pairing: the table's epochs swapped give another student
+    swapped = new_model("student", 10, 0, cpu)
+    train(swapped, recipe, small, seed=3, view_seed=7, teacher_logits=table.flip(0))
+    gap = max((p - q).abs().max().item() for p, q in zip(swapped.parameters(), cached.parameters()))
+    assert gap > 2e-5, gap

@@ -1,0 +1,64 @@
+"""The search report's plots (matplotlib, headless): the optimisation history, validation accuracy against each
+searched value, and the learning curves of the best trial against the baselines."""
+import matplotlib
+import matplotlib.ticker
+
+matplotlib.use("Agg")  # no screen: files only
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_report(report, folder):
+    """history.png, params.png and curves.png in `folder`; return their paths."""
+    trials = [t for t in report["trials"] if t["val_acc"] is not None]
+    baselines = {r["model"]: r for r in report["rows"]}
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    colors = {"completed": "tab:blue", "pruned": "tab:orange", "failed": "tab:red"}
+    for state, color in colors.items():
+        pts = [(t["number"], t["val_acc"]) for t in trials if t["state"] == state]
+        if pts:
+            ax.scatter(*zip(*pts), c=color, label=state, s=25)
+    best, line = float("-inf"), []
+    for t in sorted(trials, key=lambda t: t["number"]):
+        if t["state"] == "completed":
+            best = max(best, t["val_acc"])
+        line.append((t["number"], best if best > float("-inf") else None))
+    ax.plot([n for n, b in line if b is not None], [b for n, b in line if b is not None], c="k", label="best so far")
+    for name, style in (("kd_reference", "--"), ("student_ce", ":")):
+        if name in baselines:
+            ax.axhline(baselines[name]["val_acc"], ls=style, c="gray", label=name)
+    ax.set(xlabel="trial", ylabel="validation accuracy (%)", title="Optimisation history")
+    ax.legend(fontsize=8)
+    paths.append(_save(fig, folder / "history.png"))
+
+    names = sorted({k for t in trials for k in t["params"]})
+    if names:
+        fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.2), squeeze=False)
+        for ax, name in zip(axes[0], names):
+            xs = [t["params"][name] for t in trials]
+            ax.scatter(xs, [t["val_acc"] for t in trials], c=[colors.get(t["state"], "k") for t in trials], s=20)
+            if report["space"].get(name, {}).get("type") == "loguniform":
+                ax.set_xscale("log")
+                ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels overlap
+            ax.set(xlabel=name, ylabel="val acc (%)")
+        fig.suptitle("Validation accuracy against each hyperparameter")
+        paths.append(_save(fig, folder / "params.png"))
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    curves = [(r["model"], r.get("history") or []) for r in report["rows"] if r["model"] != "teacher"]
+    for name, history in curves:
+        if history:
+            ax.plot([h["epoch"] for h in history], [h["val_acc"] for h in history], label=name,
+                    lw=2.5 if name == "kd_best" else 1.2)
+    ax.set(xlabel="epoch", ylabel="validation accuracy (%)", title="Learning curves: best trial and baselines")
+    ax.legend(fontsize=8)
+    paths.append(_save(fig, folder / "curves.png"))
+    return paths
+
+
+def _save(fig, path):
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

@@ -1,0 +1,39 @@
+"""One search trial as a plain function call: a KD training of the student with the searched values over
+kd_reference's recipe, each epoch handed to a report callback. No Ray here (tuner.py gives it Tune's report)."""
+import time
+import warnings
+
+import torch
+
+from .config import Recipe
+from .data import to_split
+from .engine import new_model, set_threads, train
+
+
+def stopped_early(result):
+    """The one rule for a trial a scheduler stopped: its last result ran fewer epochs than its config asked for
+    (a trial that ends on its own always reaches its last epoch)."""
+    return bool(result) and result.get("epoch", 0) < result.get("epochs", 0)
+
+
+def kd_trial(config, *, train_x, train_y, val_x, val_y, logits, base, seed, threads, device, num_classes, report):
+    """Train the student by Recipe(**base, **config) on NHWC uint8 arrays and the teacher's logit table (numpy).
+
+    report(metrics, model) is called after every epoch; metrics are the engine's plus `epochs` (what the config
+    asked for: see `stopped_early`), `train_start` and `wall` (time.time(), for the search's timings).
+    """
+    set_threads(threads)
+    device = torch.device(device)
+    with warnings.catch_warnings():  # object-store arrays are read-only; nothing here writes to them
+        warnings.simplefilter("ignore", UserWarning)
+        train_split, val_split = to_split(train_x, train_y, device), to_split(val_x, val_y, device)
+        table = torch.from_numpy(logits).to(device)
+    recipe = Recipe(**{**base, **config})
+    model = new_model(recipe.model, num_classes, seed, device)
+    start = time.time()
+
+    def on_epoch(m):
+        report({**m, "epochs": recipe.epochs, "train_start": start, "wall": time.time()}, model)
+
+    return train(model, recipe, train_split, seed=seed, view_seed=seed, val=val_split, teacher_logits=table,
+                 report=on_epoch)
