@@ -1,3 +1,4 @@
+"""`python -m kdsearch`: the command line."""
 import sys
 
 from .cli import main

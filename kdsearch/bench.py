@@ -1,5 +1,7 @@
-"""`kdsearch bench`: training-step throughput of the notebook's KD loop against kdsearch's steps, in one process,
-on the same images and batch size, with an evidence header (hardware, versions, sizes, repeats).
+"""`kdsearch bench`: training-step throughput of the notebook's KD loop against kdsearch's steps, with evidence.
+
+All figures are measured in one process, on the same images and batch size; the evidence header gives the
+hardware, versions, sizes and repeats.
 
 seed_loop_img_s: the notebook's loop: ImageFolder (or torchvision CIFAR10) with PIL transforms, a DataLoader
   with num_workers=0, the teacher run on every batch, the notebook's KD loss, Adam, the notebook's StudentNet.
@@ -55,8 +57,8 @@ def _seed_dataset(source, path, n, tmp):
         arrays = load_arrays("cifar10", path)
         ds = torchvision.datasets.CIFAR10(root=str(path), train=True, download=False, transform=transform)
         return torch.utils.data.Subset(ds, range(n)), arrays.train_x[:n], arrays.train_y[:n]
-    folder = Path(tmp)  # the first n/classes images of each class (and one test image each), as files
-    files = imagefolder.read_files(path, limit={"train": -(-n // 10), "test": 1})
+    folder = Path(tmp)  # the first n/10 images of each class (and one test image each), as files: the bench's
+    files = imagefolder.read_files(path, limit={"train": -(-n // 10), "test": 1})  # models have 10 classes
     for (split, cls), items in files.items():
         (folder / split / cls).mkdir(parents=True, exist_ok=True)
         for name, blob in items:
@@ -138,22 +140,33 @@ def teacher_pass(split, device):
 
 
 def evidence(device, threads, batch_size, batches, repeats):
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10).stdout.strip() or None
-        dirty = commit and subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                                          capture_output=True, text=True, timeout=10).stdout.strip()
-    except OSError:  # no git on this machine
-        commit, dirty = None, False
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
-    return {"device": f"{device.type}: {name}", "torch": torch.__version__, "cpu_threads": threads,
+    return {"device": f"{device.type}: {_device_name(device)}", "torch": torch.__version__, "cpu_threads": threads,
             "cpu_cores": os.cpu_count(), "batch_size": batch_size, "batches": batches, "repeats": repeats,
-            "kdsearch": __version__, "git_commit": commit and commit + ("-dirty" if dirty else ""),
-            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d")}
+            "kdsearch": __version__, "git_commit": _git_commit(), "python": platform.python_version(),
+            "date": time.strftime("%Y-%m-%d")}
 
 
-def _cpu_name():
+def _git_commit():
+    """The commit of the checkout this package runs from, with -dirty for uncommitted changes; None when it is
+    not a git checkout (an installed wheel) or git is missing."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return None
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10).stdout
+
+    try:
+        commit = git("rev-parse", "HEAD").strip()
+        dirty = git("status", "--porcelain", "--untracked-files=no").strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("-dirty" if dirty else "") if commit else None
+
+
+def _device_name(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
     try:
         return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):

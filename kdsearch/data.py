@@ -1,5 +1,4 @@
-"""The study's data: decoded once into uint8 arrays (cached on disk), split into train / validation / test, and
-held as uint8 tensors on the training device.
+"""The study's data: decoded once (cached on disk), split, and held as uint8 tensors on the training device.
 
 Sources:
 - "cifar10": torchvision's CIFAR10, downloaded into a data folder (the path real users take).

@@ -1,4 +1,6 @@
-"""Training and evaluation of one model on in-memory uint8 tensors. Imports torch only: no Ray, Optuna or MLflow.
+"""Training and evaluation of one model on in-memory uint8 tensors.
+
+Imports torch only: no Ray, Optuna or MLflow.
 
 A run is `train(model, recipe, data.train, ...)`: every epoch it shuffles, takes each batch's augmented views
 (augment.py), steps, then evaluates on the validation split and calls `report` with the epoch's metrics.

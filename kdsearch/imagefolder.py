@@ -1,6 +1,7 @@
-"""The image-folder layout, the one parser of it: train/<class>/<image> and test/<class>/<image>, in a folder or
-a .tar.gz / .tar archive, with at most one wrapping folder around train/ and test/. Classes are the sorted
-folder names."""
+"""The image-folder layout and its one parser and decoder.
+
+train/<class>/<image> and test/<class>/<image>, in a folder or a .tar.gz / .tar archive, with at most one
+wrapping folder around train/ and test/. Classes are the sorted folder names."""
 import io
 import tarfile
 from pathlib import Path

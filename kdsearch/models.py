@@ -43,8 +43,9 @@ class StudentNet(nn.Module):
         self.fc2 = nn.Linear(128, num_classes)
 
     def forward(self, x):
-        # The notebook computes pool(relu(conv(x))). ReLU is monotonic, so relu(pool(.)) gives identical outputs
-        # and gradients, with the ReLU and its backward on 4x fewer elements: ~1.4x faster training on a CPU.
+        # The notebook computes pool(relu(conv(x))). ReLU is monotonic, so relu(pool(.)) is the same function
+        # (outputs and gradients agree within float rounding: tested), with ReLU and its backward on 4x fewer
+        # elements. `kdsearch bench` measures the speed of both orders (kd_img_s, kd_notebook_relu_img_s).
         x = F.relu(self.pool(self.conv1(x)), inplace=True)
         x = F.relu(self.pool(self.conv2(x)), inplace=True)
         # flatten (not view): the input may be channels_last, and flatten copies only when it must

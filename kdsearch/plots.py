@@ -1,5 +1,7 @@
-"""The search report's plots (matplotlib, headless): the optimisation history, validation accuracy against each
-searched value, and the learning curves of the best trial against the baselines."""
+"""The search report's plots, drawn headless with matplotlib.
+
+The optimisation history, validation accuracy against each searched value, and the learning curves of the best
+trial against the baselines."""
 import matplotlib
 import matplotlib.ticker
 

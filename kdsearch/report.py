@@ -1,5 +1,6 @@
-"""Presentation, and nothing else (no torch): the models table, the baselines' files and the search report
-(report.json, report.md, trials.csv and the plots of plots.py), re-renderable from report.json alone."""
+"""Presentation, and nothing else (no torch): the models table, the baselines' files and the search report.
+
+The report (report.json, report.md, trials.csv and the plots of plots.py) re-renders from report.json alone."""
 import csv
 import json
 import sys
@@ -48,9 +49,11 @@ def build(study, name, rows, trials, space, mlflow, dashboard):
 
 
 def timings(total_s, engine_s, trials):
-    """Three parts of a search's wall time: the engine phase (data, teacher, baselines and logits, timed once
-    Ray and MLflow are up), the trials' training (the union of their training intervals), and the rest:
-    overhead (Ray start, trial process start, Optuna, MLflow, the report)."""
+    """Three parts of a search's wall time, up to the report's figures: the engine phase (data, teacher, baselines
+    and logits, timed once Ray and MLflow are up), the trials' training (the union of their training intervals),
+    and the rest, overhead: Ray start, trial process start, Optuna, MLflow (the best model included), the best
+    student's test pass and the report's figures. Writing report.json and .md, logging them to MLflow and Ray's
+    shutdown come after the clock stops (a fraction of a second, and about a second)."""
     train_s = _union([(t["train_start"], t["train_end"]) for t in trials if t["train_start"]])
     overhead = total_s - engine_s - train_s
     return {"total_s": total_s, "engine_s": engine_s, "trial_training_s": train_s, "overhead_s": overhead,
@@ -103,7 +106,7 @@ def _timings_line(report):
     t = report["timings"]
     return (f"{report['num_trials']} trials; {t['total_s']:.0f} s in all: {t['engine_s']:.0f} s data, teacher, "
             f"baselines and logits; {t['trial_training_s']:.0f} s training trials; {t['overhead_s']:.0f} s "
-            f"({100 * t['overhead_share']:.1f}%) overhead (Ray start, trial start-up, Optuna, MLflow, the report)")
+            f"({100 * t['overhead_s'] / t['total_s']:.1f}%) overhead (Ray start, trial start-up, Optuna, MLflow, report)")
 
 
 def _trials_csv(report, path):

@@ -1,5 +1,7 @@
-"""The search pipeline, one call per stage: checks, Ray, the engine phase, the search, the trials, the best
-student, the report. The trials are kd_trial (trial.py) under Tune (tuner.py); MLflow is tracking.py's."""
+"""The search pipeline, one call per stage (`run_search`).
+
+Checks, Ray, the engine phase, the search, the trials, the best student, the report. The trials are kd_trial
+(trial.py) under Tune (tuner.py); MLflow is tracking.py's."""
 import dataclasses
 import os
 import time
@@ -36,8 +38,9 @@ def run_search(study, study_file, results, name=None, num_samples=None, address=
     status = "FAILED"
     try:
         t_engine = time.time()  # data, teacher, baselines and logits: the clock starts once Ray and MLflow are up
-        data, store = open_study(study, results, device, log)
-        rows, table = run_baselines(study, data, store, log, need_table=True)
+        data, store = open_study(study.data, study.seed, study.threads, device, results, log)
+        rows, table = run_baselines(study.teacher, study.baselines, study.space, study.seed, data, store, log,
+                                    need_table=True)
         engine_s = time.time() - t_engine
         tracker.start_parent(name, study_file, {"num_samples": search.num_samples, "scheduler": search.scheduler,
                                                 "seed": study.seed}, rows)
@@ -124,12 +127,13 @@ def best_student(grid, trials, base, data, seed, folder):
     best = max(done, key=lambda t: t["val_acc"])
     recipe = Recipe(**{**base, **best["params"]})
     model = new_model(recipe.model, len(data.classes), seed, data.train.x.device)
-    checkpoint = next(r for r in grid if r.metrics.get("trial_id") == best["trial_id"]).checkpoint
+    checkpoint = next(r for r in grid if (r.metrics or {}).get("trial_id") == best["trial_id"]).checkpoint
     with checkpoint.as_directory() as d:
         model.load_state_dict(torch.load(os.path.join(d, "student.pt"), map_location=data.train.x.device,
                                          weights_only=True))
     row = {"model": "kd_best", "params": count_params(model), "val_acc": best["val_acc"],
-           "test_acc": evaluate(model, data.test), "config": dataclasses.asdict(recipe), "history": best["history"]}
+           "test_acc": evaluate(model, data.test), "train_s": best["train_s"], "config": dataclasses.asdict(recipe),
+           "history": best["history"]}
     return row, model
 
 

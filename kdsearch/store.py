@@ -1,5 +1,6 @@
-"""The cache of trained models and computed tensors, keyed by content: the teacher, the baselines and the
-teacher's logits are each computed once and then read back.
+"""The cache of trained models and computed tensors, keyed by content.
+
+The teacher, the baselines and the teacher's logits are each computed once and then read back.
 
 A key is a hash of everything that determines the result (data fingerprint, recipe, seed, engine version), so a
 changed input misses the cache instead of being served a stale result. Writes go to a temporary file first and
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-ENGINE_VERSION = "3"  # bump when old cached entries are wrong (3: rows say model/config, histories hold loss parts)
+ENGINE_VERSION = "2"  # bump when a change to training makes old cached models wrong
 
 
 def make_key(*parts):
@@ -46,7 +47,11 @@ class Store:
         pt, js = self._paths(kind, key)
         if not (pt.exists() and js.exists()):
             return None
-        return torch.load(pt, map_location="cpu", weights_only=True), json.loads(js.read_text())
+        info = json.loads(js.read_text())
+        for old, new in (("name", "model"), ("recipe", "config")):  # rows stored before 0.1.1 used the old keys
+            if old in info:
+                info[new] = info.pop(old)
+        return torch.load(pt, map_location="cpu", weights_only=True), info
 
     def save_run(self, kind, key, model, info):
         pt, js = self._paths(kind, key)

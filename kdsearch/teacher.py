@@ -1,5 +1,6 @@
-"""The teacher, once per study: trained (or loaded from a checkpoint) and cached; then its logits for every
-augmented view the KD runs will see, computed once and shared by all of them.
+"""The teacher, once per study, and its logit table for every augmented view the KD runs will see.
+
+The teacher is trained (or loaded from a checkpoint) and cached; its logits are computed once and shared.
 
 Because the view of image i in epoch e depends only on (study seed, e, i) (augment.py), the table
 logits[e, i] = teacher(view(seed, e, i)) is exact for every KD run of the study, whatever its batch order. The

@@ -1,4 +1,6 @@
-"""Everything kdsearch writes to MLflow, from the driver only (an sqlite store does not like many writers).
+"""Everything kdsearch writes to MLflow, and the Tune callback that writes the trials, in the driver only.
+
+Only the driver writes (an sqlite store does not like many writers).
 
 One experiment per study; one parent run per search (the study file, the baselines' metrics, the best result
 and the report); one child run per trial, tagged with mlflow.parentRunId, holding its parameters, its per-epoch

@@ -1,5 +1,7 @@
-"""One search trial as a plain function call: a KD training of the student with the searched values over
-kd_reference's recipe, each epoch handed to a report callback. No Ray here (tuner.py gives it Tune's report)."""
+"""One search trial as a plain function call, and the rule that says a trial was stopped early.
+
+A trial is a KD training of the student with the searched values over kd_reference's recipe, each epoch handed
+to a report callback. No Ray here: tuner.py gives it Tune's report."""
 import time
 import warnings
 

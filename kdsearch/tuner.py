@@ -1,5 +1,6 @@
-"""Ray and the Tuner: a local Ray on loopback (or a joined cluster), the Optuna searcher, and the Tuner that runs
-kd_trial. Ray is imported inside functions only: start_ray sets the environment Ray reads when imported."""
+"""Ray and the Tuner: a local Ray on loopback (or a joined cluster), the Optuna searcher, the Tuner.
+
+Ray is imported inside functions only: start_ray sets the environment that Ray reads when it is imported."""
 import os
 import tempfile
 

@@ -1,5 +1,7 @@
-"""Dataclasses from YAML mappings: each field carries its rules (choices, bounds, pattern, a parser), and
-`from_dict` checks every one, naming the file, the key path and the fix in a one-line UserError."""
+"""Dataclasses from YAML mappings, checked against the rules attached to their fields.
+
+Each field carries its rules (choices, bounds, pattern, a parser); `from_dict` checks every one and names the
+file, the key path and the fix in a one-line UserError."""
 import dataclasses
 import re
 import typing

@@ -5,30 +5,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from kdsearch.bench import NotebookStudentNet
 from kdsearch.config import Recipe
 from kdsearch.losses import make_loss
 from kdsearch.models import StudentNet, TeacherNet, count_params
-
-
-class NotebookStudent(nn.Module):
-    """The notebook's StudentNet, copied as it is."""
-
-    def __init__(self, num_classes=10):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 32, kernel_size=3, padding=1)
-        self.pool = nn.MaxPool2d(2, 2)
-        self.conv2 = nn.Conv2d(32, 64, kernel_size=3, padding=1)
-        self.fc1 = nn.Linear(64 * 8 * 8, 128)
-        self.fc2 = nn.Linear(128, num_classes)
-
-    def forward(self, x):
-        x = F.relu(self.conv1(x))
-        x = self.pool(x)
-        x = F.relu(self.conv2(x))
-        x = self.pool(x)
-        x = x.view(x.size(0), -1)
-        x = F.relu(self.fc1(x))
-        return self.fc2(x)
 
 
 def notebook_teacher_names():
@@ -55,7 +35,7 @@ def test_teacher_state_dict_names_are_the_notebooks():
 
 def test_notebook_student_state_dict_loads_and_gives_the_same_outputs_and_gradients_within_rounding():
     torch.manual_seed(0)
-    ref = NotebookStudent()
+    ref = NotebookStudentNet()  # the notebook's forward: ReLU before pooling
     ours = StudentNet()
     ours.load_state_dict(ref.state_dict())  # strict: same names and shapes
     x = torch.randn(8, 3, 32, 32)
@@ -93,6 +73,20 @@ def test_kd_loss_matches_a_hand_computation():
     nb = alpha * F.cross_entropy(s, y) + (1 - alpha) * T * T * nn.KLDivLoss(reduction="batchmean")(
         F.log_softmax(s / T, dim=1), F.softmax(t / T, dim=1))
     assert got == pytest.approx(nb.item(), rel=1e-5)
+
+
+def test_kd_loss_is_the_same_float_computation_as_before_the_registry():
+    """Training at a given seed must not change: the loss and its gradient equal the earlier expression exactly."""
+    torch.manual_seed(0)
+    s, t, y = torch.randn(64, 10) * 3, torch.randn(64, 10) * 3, torch.randint(0, 10, (64,))
+    T, alpha = 4.5, 0.8
+    s_new, s_old = s.clone().requires_grad_(), s.clone().requires_grad_()
+    new, _ = make_loss(Recipe(loss="kd", temperature=T, alpha=alpha))(s_new, y, t)
+    old = alpha * F.cross_entropy(s_old, y) + (1 - alpha) * T * T * F.kl_div(
+        F.log_softmax(s_old / T, dim=1), F.log_softmax(t / T, dim=1), reduction="batchmean", log_target=True)
+    new.backward()
+    old.backward()
+    assert torch.equal(new, old) and torch.equal(s_new.grad, s_old.grad)
 
 
 def test_alpha_one_is_plain_cross_entropy_and_mse_uses_one_hot():

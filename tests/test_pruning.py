@@ -13,7 +13,7 @@ def test_a_stopped_trial_is_pruned_and_a_finished_one_complete():
     s = make_searcher({"lr": Param("loguniform", 1e-4, 1e-2), "epochs": Param("int", 1, 5)}, seed=0)
     for tid in ("stopped", "finished", "crashed"):
         s.suggest(tid)
-    assert {tid: state for tid, (_, state) in s.trials.items()} == dict.fromkeys(s.trials, "running")
+    assert s.trials == {"stopped": (0, "running"), "finished": (1, "running"), "crashed": (2, "running")}
     s.on_trial_result("stopped", {"val_acc": 30.0, "training_iteration": 1, "epoch": 1, "epochs": 4})
     s.on_trial_complete("stopped", {"val_acc": 30.0, "training_iteration": 1, "epoch": 1, "epochs": 4})
     s.on_trial_complete("finished", {"val_acc": 40.0, "training_iteration": 4, "epoch": 4, "epochs": 4})

@@ -117,3 +117,12 @@ def test_training_pairs_each_epochs_views_with_that_epochs_logits(data, tmp_path
     train(swapped, recipe, small, seed=3, view_seed=7, teacher_logits=table.flip(0))
     gap = max((p - q).abs().max().item() for p, q in zip(swapped.parameters(), cached.parameters()))
     assert gap > 2e-5, gap
+
+
+def test_runs_stored_with_the_old_row_keys_load_with_the_new_ones(tmp_path):
+    """A cache written before rows said model/config (name/recipe) is still used, not retrained."""
+    store = Store(tmp_path)
+    model = new_model("student", 10, 0, torch.device("cpu"))
+    store.save_run("runs", "k", model, {"name": "student_ce", "recipe": {"loss": "ce"}, "val_acc": 1.0})
+    _, info = store.load_run("runs", "k")
+    assert info["model"] == "student_ce" and info["config"] == {"loss": "ce"} and "name" not in info
