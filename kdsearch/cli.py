@@ -10,6 +10,8 @@ from .errors import UserError
 def _study(args):
     from .config import load_study
     overrides = {"data.path": args.data, "data.source": "auto"} if getattr(args, "data", None) else {}
+    if getattr(args, "confirm_seeds", None) is not None:
+        overrides["confirm.seeds"] = args.confirm_seeds  # validated with the study file's rules
     return load_study(args.study, overrides)
 
 
@@ -91,6 +93,8 @@ def build_parser():
     s = sub.choices["search"]
     s.add_argument("--name", help="name of this search's folder and MLflow parent run (default: the study name)")
     s.add_argument("--num-samples", type=int, help="number of trials (overrides search.num_samples)")
+    s.add_argument("--confirm-seeds", type=int, help="seeds per confirmed model, 1 to skip the confirmation "
+                                                     "(overrides confirm.seeds)")
     s.add_argument("--address", help="join this Ray cluster (e.g. 10.0.0.5:6379) instead of starting a local one")
     r = sub.add_parser("report", help="re-render a search's report from what is stored, training nothing")
     r.add_argument("folder", help="<results>/<name> of a finished search")

@@ -92,6 +92,13 @@ class Search:
 
 
 @dataclass
+class Confirm:
+    """After the search: the best configurations and the CE / KD baselines re-trained on more seeds."""
+    top_k: int = rule(3, ge=1)  # best completed configurations to confirm
+    seeds: int = rule(3, ge=1)  # seeds per confirmed model, the study's seed first (its runs are reused); 1: off
+
+
+@dataclass
 class Resources:
     cpu: float = rule(1.0, gt=0)  # CPUs per trial; torch threads in the trial match it
     gpu: typing.Optional[float] = rule(None, ge=0)  # GPUs per trial (fractions share one); null: 1/max_concurrent
@@ -153,6 +160,7 @@ class Study:
     baselines: Baselines = rule(factory=Baselines)
     space: typing.Dict[str, Param] = rule(factory=_default_space, parse=_space)  # searched; others: kd_reference's
     search: Search = rule(factory=Search)
+    confirm: Confirm = rule(factory=Confirm)
     resources: Resources = rule(factory=Resources)
     tracking: Tracking = rule(factory=Tracking)
 

@@ -8,6 +8,8 @@ import matplotlib.ticker
 matplotlib.use("Agg")  # no screen: files only
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .stats import mean_interval  # noqa: E402
+
 
 def plot_report(report, folder):
     """history.png, params.png and curves.png in `folder`; return their paths."""
@@ -56,7 +58,30 @@ def plot_report(report, folder):
     ax.set(xlabel="epoch", ylabel="validation accuracy (%)", title="Learning curves: best trial and baselines")
     ax.legend(fontsize=8)
     paths.append(_save(fig, folder / "curves.png"))
+    if report.get("confirmed"):
+        paths.append(_confirmation(report, folder / "confirmation.png"))
     return paths
+
+
+def _confirmation(report, path):
+    """Every confirmed model across seeds: each seed a point, the mean a bar, its 95 % t interval a line."""
+    entries = report["confirmation"]["entries"]
+    best = next(r for r in report["rows"] if r["model"] == "kd_best")["trial"]
+    names = [e["model"] + (" (kd_best)" if e["trial"] == best and e["trial"] is not None else "") for e in entries]
+    fig, axes = plt.subplots(1, 2, figsize=(max(7, 1.4 * len(entries) + 2), 4), squeeze=False)
+    for ax, metric, label in zip(axes[0], ("val_accs", "test_accs"), ("validation", "test")):
+        for x, e in enumerate(entries):
+            values = e[metric]
+            ax.scatter([x] * len(values), values, s=18, c="tab:blue" if e["trial"] is not None else "tab:gray")
+            ci = mean_interval(values)
+            if ci:
+                ax.errorbar(x, sum(values) / len(values), yerr=[[sum(values) / len(values) - ci[0]],
+                                                                [ci[1] - sum(values) / len(values)]],
+                            fmt="_", markersize=16, c="k", capsize=4)
+        ax.set_xticks(range(len(entries)), names, rotation=30, ha="right", fontsize=8)
+        ax.set(ylabel=f"{label} accuracy (%)", title=f"{label.capitalize()}, {len(entries[0]['seeds'])} seeds")
+    fig.suptitle("Confirmation: each seed a point, the mean and its 95 % interval")
+    return _save(fig, path)
 
 
 def _save(fig, path):

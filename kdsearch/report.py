@@ -6,24 +6,39 @@ import json
 import sys
 from pathlib import Path
 
+from .stats import mean_sd, verdict, welch
+
 # the notebook's own table: test-set accuracy at its best epoch on the test set (so tuned on the test set)
 NOTEBOOK_TEST_ACC = {"teacher": 88.77, "student_mse": 65.59, "kd_reference": 76.84}
 ROW_KEYS = ("model", "params", "val_acc", "test_acc", "train_s", "config", "history", "key")
 
 
 def format_table(rows, times=True):
-    """The models table: rows need model, params, val_acc, test_acc, and train_s when `times`."""
-    head = f"{'model':<14}{'params':>11}{'val acc':>10}{'test acc':>10}{'notebook':>10}"
-    head += f"{'train time':>12}" if times else ""
+    """The models table: rows need model, params, val_acc, test_acc, and train_s when `times`. Rows with seeds
+    (a search's report) show means over seeds, each with its sd and the number of seeds."""
+    over_seeds = any(len(r.get("seeds") or ()) > 1 for r in rows)
+    head = f"{'model':<14}{'params':>11}"
+    head += (f"{'val acc (sd)':>17}{'test acc (sd)':>17}{'seeds':>7}" if over_seeds
+             else f"{'val acc':>10}{'test acc':>10}")
+    head += f"{'notebook':>10}" + (f"{'train time':>12}" if times else "")
     lines = [head, "-" * len(head)]
     for r in rows:
         ref = NOTEBOOK_TEST_ACC.get(r["model"])
-        line = (f"{r['model']:<14}{r['params']:>11,}{r['val_acc']:>9.2f}%{r['test_acc']:>9.2f}%"
-                f"{(f'{ref:.2f}%' if ref else '-'):>10}")
+        line = f"{r['model']:<14}{r['params']:>11,}"
+        if over_seeds:
+            line += "".join(f"{r[m]:>9.2f}% {_sd(r.get(m + '_sd')):>6}" for m in ("val_acc", "test_acc"))
+            line += f"{len(r['seeds']):>7}"
+        else:
+            line += f"{r['val_acc']:>9.2f}%{r['test_acc']:>9.2f}%"
+        line += f"{(f'{ref:.2f}%' if ref else '-'):>10}"
         if times:
             line += f"{r['train_s']:>10.1f} s" + ("  (stored)" if r.get("cached") else "")
         lines.append(line)
     return "\n".join(lines)
+
+
+def _sd(sd):
+    return f"({sd:.2f})" if sd is not None else ""
 
 
 def write_baselines(rows, folder):
@@ -36,28 +51,79 @@ def write_baselines(rows, folder):
     return paths
 
 
-def build(study, name, rows, trials, space, mlflow, dashboard):
-    """The report's content. rows: the baselines' and kd_best's rows; space: {name: Param}; mlflow: the
-    tracker's info (tracking_uri, experiment, parent_run_id, ui_command)."""
-    best = next(r for r in rows if r["model"] == "kd_best")
-    return {"study": study, "name": name,
-            "rows": [{k: r.get(k) for k in ROW_KEYS if k != "key"} for r in rows],
-            "best_config": {k: best["config"][k] for k in space},
+def build(study, name, rows, confirmed, best, best_params, trials, space, mlflow, dashboard):
+    """The report's content. rows: the baselines' rows (the study's seed); confirmed, best: the confirmation
+    stage's entries and kd_best's index among them; space: {name: Param}; mlflow: the tracker's info."""
+    seeds = confirmed[best]["seeds"]
+    winner = confirmed[best]
+    trial = next(t for t in trials if t["number"] == winner["trial"])
+    kd_best = {"model": "kd_best", "params": best_params, "train_s": trial["train_s"], "config": winner["config"],
+               "history": winner["history"], "trial": winner["trial"]}
+    by_model = {e["model"]: e for e in confirmed if e["trial"] is None}
+    by_model["kd_best"] = winner
+    out = []
+    for r in rows + [kd_best]:
+        e = by_model.get(r["model"])
+        vals, tests = (e["val_accs"], e["test_accs"]) if e else ([r["val_acc"]], [r["test_acc"]])
+        (val, val_sd), (test, test_sd) = mean_sd(vals), mean_sd(tests)
+        out.append({**{k: r.get(k) for k in ROW_KEYS if k != "key"}, **({"trial": r["trial"]} if "trial" in r else {}),
+                    "val_acc": val, "test_acc": test,
+                    "val_acc_sd": val_sd, "test_acc_sd": test_sd, "val_accs": vals, "test_accs": tests,
+                    "seeds": seeds if e else seeds[:1]})
+    return {"study": study, "name": name, "rows": out,
+            "best_config": {k: winner["config"][k] for k in space},
+            "confirmed": len(seeds) > 1,
+            "confirmation": {"seeds": seeds, "note": CONFIRM_NOTE,
+                             "entries": [{k: v for k, v in e.items() if k != "history"} for e in confirmed]},
+            "comparison": comparisons(out) if len(seeds) > 1 else [],
             "num_trials": len(trials),
             "space": {k: vars(p) for k, p in space.items()},
             "trials": trials, "mlflow": mlflow, "dashboard": dashboard}
 
 
-def timings(total_s, engine_s, trials):
-    """Three parts of a search's wall time, up to the report's figures: the engine phase (data, teacher, baselines
-    and logits, timed once Ray and MLflow are up), the trials' training (the union of their training intervals),
-    and the rest, overhead: Ray start, trial process start, Optuna, MLflow (the best model included), the best
-    student's test pass and the report's figures. Writing report.json and .md, logging them to MLflow and Ray's
-    shutdown come after the clock stops (a fraction of a second, and about a second)."""
+CONFIRM_NOTE = ("A seed changes the initialisation and the batch order; the augmented views and the teacher's logit "
+                "table stay the study's. Means and 95 % Welch intervals are over seeds; test accuracy was measured "
+                "once per model and chose nothing.")
+
+
+def comparisons(rows):
+    """kd_best against student_ce and against kd_reference: the difference of mean test accuracy with its 95 %
+    Welch interval and a verdict; the same for validation accuracy under "val"."""
+    by = {r["model"]: r for r in rows}
+    out = []
+    for b in ("student_ce", "kd_reference"):
+        a_row, b_row = by["kd_best"], by[b]
+        entry = {"a": "kd_best", "b": b}
+        for metric, where in (("test_accs", entry), ("val_accs", entry.setdefault("val", {}))):
+            diff, ci = welch(a_row[metric], b_row[metric])
+            where.update({"diff": diff, "ci95": list(ci),
+                          "verdict": verdict("kd_best", b, diff, ci, len(a_row[metric]), len(b_row[metric]))})
+        out.append(entry)
+    return out
+
+
+def parent_metrics(report):
+    """The MLflow parent run's summary: each row's mean (and sd) accuracies over its seeds."""
+    out = {}
+    for r in report["rows"]:
+        for m in ("val_acc", "test_acc"):
+            out[f"{r['model']}_{m}_mean"] = r[m]
+            if r[f"{m}_sd"] is not None:
+                out[f"{r['model']}_{m}_sd"] = r[f"{m}_sd"]
+    out["kd_best_val_acc"], out["kd_best_test_acc"] = out["kd_best_val_acc_mean"], out["kd_best_test_acc_mean"]
+    return out
+
+
+def timings(total_s, engine_s, trials, confirm_s=0.0):
+    """Four parts of a search's wall time, up to the report's figures: the engine phase (data, teacher,
+    baselines and logits, timed once Ray and MLflow are up), the trials' training (the union of their training
+    intervals), the confirmation stage (its wall time), and the rest, overhead: Ray start, trial process start,
+    Optuna, MLflow (the best model included) and the report's figures. Writing report.json and .md, logging
+    them to MLflow and Ray's shutdown come after the clock stops (a fraction of a second, and about a second)."""
     train_s = _union([(t["train_start"], t["train_end"]) for t in trials if t["train_start"]])
-    overhead = total_s - engine_s - train_s
-    return {"total_s": total_s, "engine_s": engine_s, "trial_training_s": train_s, "overhead_s": overhead,
-            "overhead_share": overhead / total_s}
+    overhead = total_s - engine_s - train_s - confirm_s
+    return {"total_s": total_s, "engine_s": engine_s, "trial_training_s": train_s, "confirm_s": confirm_s,
+            "overhead_s": overhead, "overhead_share": overhead / total_s}
 
 
 def _union(intervals):
@@ -88,12 +154,16 @@ def write(report, folder, figures):
     folder = Path(folder)
     (folder / "report.json").write_text(json.dumps(report, indent=1))
     best, m = report["best_config"], report["mlflow"]
-    md = [f"# {report['study']}: KD search report", "",
-          f"{report['num_trials']} trials; best KD settings by validation accuracy: "
-          + ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}" for k, v in best.items()) + ".", "",
-          "```", format_table(report["rows"], times=False), "```", "",
-          "Validation accuracy chose everything; test accuracy was measured once per row, for this table. The "
-          "notebook column is the notebook's own test-set result (its numbers were tuned on the test set).", ""]
+    md = [f"# {report['study']}: KD search report", ""]
+    md += [f"- {line}" for line in verdict_lines(report)] + [""]
+    md += [f"{report['num_trials']} trials; best KD settings by "
+           + ("mean validation accuracy over seeds" if report.get("confirmed") else "validation accuracy") + ": "
+           + ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}" for k, v in best.items()) + ".", "",
+           "```", format_table(report["rows"], times=False), "```", "",
+           "Validation accuracy chose everything; test accuracy was measured once per model, for this table. The "
+           "notebook column is the notebook's own test-set result (its numbers were tuned on the test set).", ""]
+    if report.get("confirmed"):
+        md += [report["confirmation"]["note"], ""]
     if report.get("timings"):
         md += [_timings_line(report), ""]
     md += [f"MLflow: `{m['ui_command']}` (experiment `{m['experiment']}`, parent run `{m['parent_run_id']}`).", ""]
@@ -102,24 +172,41 @@ def write(report, folder, figures):
     return [folder / "report.json", folder / "report.md", *figures]
 
 
+def verdict_lines(report):
+    """The verdicts that lead the report: kd_best against each baseline, or why there are none."""
+    if not report.get("confirmed"):
+        return ["kd_best is unconfirmed: it is the best single-seed trial (confirm.seeds: 1); no intervals."]
+    return [f"test accuracy: {c['verdict']}" for c in report["comparison"]]
+
+
 def _timings_line(report):
     t = report["timings"]
     return (f"{report['num_trials']} trials; {t['total_s']:.0f} s in all: {t['engine_s']:.0f} s data, teacher, "
-            f"baselines and logits; {t['trial_training_s']:.0f} s training trials; {t['overhead_s']:.0f} s "
-            f"({100 * t['overhead_s'] / t['total_s']:.1f}%) overhead (Ray start, trial start-up, Optuna, MLflow, report)")
+            f"baselines and logits; {t['trial_training_s']:.0f} s training trials; {t.get('confirm_s', 0):.0f} s "
+            f"confirmation; {t['overhead_s']:.0f} s ({100 * t['overhead_s'] / t['total_s']:.1f}%) overhead (Ray "
+            f"start, trial start-up, Optuna, MLflow, report)")
 
 
 def _trials_csv(report, path):
+    """One line per trial; confirmed trials also carry their means over the confirmation's seeds."""
     keys = sorted({k for t in report["trials"] for k in t["params"]})
+    confirmed = {e["trial"]: e for e in (report.get("confirmation") or {}).get("entries", [])
+                 if e["trial"] is not None and report.get("confirmed")}
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["number", "trial_id", "state", *keys, "val_acc", "epochs_run", "train_s"])
+        w.writerow(["number", "trial_id", "state", *keys, "val_acc", "epochs_run", "train_s",
+                    "confirmed_val_acc_mean", "confirmed_test_acc_mean", "confirmed_seeds"])
         for t in report["trials"]:
+            e = confirmed.get(t["number"])
+            means = [mean_sd(e["val_accs"])[0], mean_sd(e["test_accs"])[0], len(e["seeds"])] if e else ["", "", ""]
             w.writerow([t["number"], t["trial_id"], t["state"], *[t["params"].get(k) for k in keys],
-                        t["val_acc"], t["epochs_run"], round(t["train_s"], 1)])
+                        t["val_acc"], t["epochs_run"], round(t["train_s"], 1), *means])
 
 
 def print_summary(report, written, out=sys.stdout):
+    for line in verdict_lines(report):
+        print(line, file=out)
+    print("", file=out)
     print(format_table(report["rows"], times=False), file=out)
     if report.get("timings"):
         print("\n" + _timings_line(report), file=out)

@@ -1,6 +1,6 @@
 """The search pipeline, one call per stage (`run_search`).
 
-Checks, Ray, the engine phase, the search, the trials, the best student, the report. The trials are kd_trial
+Checks, Ray, the engine phase, the search, the trials, the confirmation over seeds, the report. The trials are kd_trial
 (trial.py) under Tune (tuner.py); MLflow is tracking.py's."""
 import dataclasses
 import os
@@ -12,9 +12,9 @@ import torch
 from . import report as reports
 from . import tracking
 from .baselines import open_study, run_baselines
-from .config import Recipe
+from .confirm import confirm
 from .data import check_source
-from .engine import evaluate, new_model, pick_device
+from .engine import pick_device
 from .errors import UserError
 from .models import count_params
 from .runs import log_stderr
@@ -47,17 +47,24 @@ def run_search(study, study_file, results, name=None, num_samples=None, address=
         kd_ref = study.baselines.kd_reference
         searcher = make_searcher(study.space, search.seed, first_point(study.space, kd_ref, log))
         base = dataclasses.asdict(kd_ref)
-        tuner = build_tuner(_trial_args(data, table, base, study.seed, resources, trial_device), resources,
-                            searcher, search, space_epochs(study.space, kd_ref), folder,
+        args = _trial_args(data, table, base, study.seed, resources, trial_device)
+        tuner = build_tuner(args, resources, searcher, search, space_epochs(study.space, kd_ref), folder,
                             [tracking.trial_callback(tracker, searcher, list(study.space), log)])
         grid = tuner.fit()
         trials = collect_trials(grid, searcher.trials, list(study.space))
-        best, model = best_student(grid, trials, base, data, study.seed, folder)
-        report = reports.build(study.name, name, rows + [best], trials, study.space, tracker.info(), dashboard)
-        tracker.log_best({"kd_best_val_acc": best["val_acc"], "kd_best_test_acc": best["test_acc"]},
-                         report["best_config"], model, _example_input(data))
+        if not any(t["state"] == "completed" for t in trials):
+            raise UserError(f"none of the {len(trials)} trials completed; fix: read the trials' errors in "
+                            f"{folder / 'ray'}/*/error.txt")
+        t_confirm = time.time()
+        seeds = [study.seed + i for i in range(study.confirm.seeds)]
+        confirmed, best, model = confirm(grid, trials, rows, base, seeds, study.confirm.top_k, data, store,
+                                         rows[0]["key"], args, resources, tracker, log)
+        confirm_s = time.time() - t_confirm
+        report = reports.build(study.name, name, rows, confirmed, best, count_params(model), trials, study.space,
+                               tracker.info(), dashboard)
+        tracker.log_best(reports.parent_metrics(report), report["best_config"], model, _example_input(data))
         figures = reports.render_figures(report, folder)
-        report["timings"] = reports.timings(time.time() - t0, engine_s, trials)
+        report["timings"] = reports.timings(time.time() - t0, engine_s, trials, confirm_s)
         written = reports.write(report, folder, figures)
         tracker.log_report(written)
         status = "FINISHED"
@@ -115,26 +122,6 @@ def collect_trials(grid, states, names):
                        "train_s": m.get("time_s", 0.0), "train_start": m.get("train_start"),
                        "train_end": m.get("wall"), "history": history})
     return sorted(trials, key=lambda t: t["number"])
-
-
-def best_student(grid, trials, base, data, seed, folder):
-    """The completed trial with the best final validation accuracy: (its report row, with the test accuracy
-    measured here, once; its student, from its last checkpoint)."""
-    done = [t for t in trials if t["state"] == "completed"]
-    if not done:
-        raise UserError(f"none of the {len(trials)} trials completed; fix: read the trials' errors in "
-                        f"{folder / 'ray'}/*/error.txt")
-    best = max(done, key=lambda t: t["val_acc"])
-    recipe = Recipe(**{**base, **best["params"]})
-    model = new_model(recipe.model, len(data.classes), seed, data.train.x.device)
-    checkpoint = next(r for r in grid if (r.metrics or {}).get("trial_id") == best["trial_id"]).checkpoint
-    with checkpoint.as_directory() as d:
-        model.load_state_dict(torch.load(os.path.join(d, "student.pt"), map_location=data.train.x.device,
-                                         weights_only=True))
-    row = {"model": "kd_best", "params": count_params(model), "val_acc": best["val_acc"],
-           "test_acc": evaluate(model, data.test), "train_s": best["train_s"], "config": dataclasses.asdict(recipe),
-           "history": best["history"]}
-    return row, model
 
 
 def _example_input(data):

@@ -53,6 +53,7 @@ class Tracker:
         self.experiment, self.experiment_id = experiment, exp_id
         self.parent = None
         self.children = {}  # trial id -> run id
+        self.confirm_runs = {}  # (model, seed) -> run id
 
     def info(self):
         return {"tracking_uri": self.uri, "experiment": self.experiment, "parent_run_id": self.parent,
@@ -71,7 +72,8 @@ class Tracker:
 
     def start_trial(self, trial_id, name, params):
         run = self.client.create_run(self.experiment_id, run_name=name,
-                                     tags={"mlflow.parentRunId": self.parent, "kdsearch.trial_id": trial_id})
+                                     tags={"mlflow.parentRunId": self.parent, "kdsearch.trial_id": trial_id,
+                                           "kdsearch.stage": "search"})
         self.children[trial_id] = run.info.run_id
         self.client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, str(v)) for k, v in params.items()])
 
@@ -90,6 +92,24 @@ class Tracker:
         self.client.set_tag(run_id, "kdsearch.state", state)
         status = {"completed": "FINISHED", "pruned": "KILLED"}.get(state, "FAILED")
         self.client.set_terminated(run_id, status)
+
+    def log_confirm_run(self, model, config, seed, history, test_acc=None):
+        """A confirmation run: a child run tagged kdsearch.stage=confirm, with its recipe, seed and per-epoch
+        metrics; test_acc when known (else log_confirm_test adds it at the end of the stage)."""
+        run = self.client.create_run(self.experiment_id, run_name=f"confirm_{model}_seed{seed}",
+                                     tags={"mlflow.parentRunId": self.parent, "kdsearch.stage": "confirm",
+                                           "kdsearch.model": model})
+        self.confirm_runs[(model, seed)] = run.info.run_id
+        params = [mlflow.entities.Param(k, str(v)) for k, v in {**config, "seed": seed}.items()]
+        names = ["val_acc", "train_loss"] + sorted(k for k in history[-1] if k.startswith("loss_"))
+        metrics = [Metric(k, float(h[k]), 0, h["epoch"]) for h in history for k in names if h.get(k) is not None]
+        self.client.log_batch(run.info.run_id, params=params, metrics=metrics)
+        if test_acc is not None:
+            self.log_confirm_test(model, seed, test_acc)
+        self.client.set_terminated(run.info.run_id, "FINISHED")
+
+    def log_confirm_test(self, model, seed, test_acc):
+        self.client.log_metric(self.confirm_runs[(model, seed)], "test_acc", test_acc)
 
     def log_best(self, best_metrics, best_params, model, input_example):
         self.client.log_batch(self.parent, metrics=[Metric(k, v, 0, 0) for k, v in best_metrics.items()],

@@ -1,7 +1,8 @@
-"""One search trial as a plain function call, and the rule that says a trial was stopped early.
+"""One search trial (or confirmation run) as a plain function call, and the rule for a trial stopped early.
 
 A trial is a KD training of the student with the searched values over kd_reference's recipe, each epoch handed
-to a report callback. No Ray here: tuner.py gives it Tune's report."""
+to a report callback; a confirmation run is the same with another seed. No Ray here: tuner.py and confirm.py
+call it in Ray's workers."""
 import time
 import warnings
 
@@ -18,11 +19,15 @@ def stopped_early(result):
     return bool(result) and result.get("epoch", 0) < result.get("epochs", 0)
 
 
-def kd_trial(config, *, train_x, train_y, val_x, val_y, logits, base, seed, threads, device, num_classes, report):
-    """Train the student by Recipe(**base, **config) on NHWC uint8 arrays and the teacher's logit table (numpy).
+def kd_trial(config, *, train_x, train_y, val_x, val_y, logits, base, seed, threads, device, num_classes,
+             report=None, view_seed=None):
+    """Train a model by Recipe(**base, **config) on NHWC uint8 arrays and the teacher's logit table (numpy);
+    return (history, model).
 
-    report(metrics, model) is called after every epoch; metrics are the engine's plus `epochs` (what the config
-    asked for: see `stopped_early`), `train_start` and `wall` (time.time(), for the search's timings).
+    seed: initialisation and batch order; view_seed (default: seed): the study's seed, which fixes the augmented
+    views and so the logit table. report(metrics, model) is called after every epoch; metrics are the engine's
+    plus `epochs` (what the config asked for: see `stopped_early`), `train_start` and `wall` (time.time(), for
+    the search's timings).
     """
     set_threads(threads)
     device = torch.device(device)
@@ -35,7 +40,9 @@ def kd_trial(config, *, train_x, train_y, val_x, val_y, logits, base, seed, thre
     start = time.time()
 
     def on_epoch(m):
-        report({**m, "epochs": recipe.epochs, "train_start": start, "wall": time.time()}, model)
+        if report is not None:
+            report({**m, "epochs": recipe.epochs, "train_start": start, "wall": time.time()}, model)
 
-    return train(model, recipe, train_split, seed=seed, view_seed=seed, val=val_split, teacher_logits=table,
-                 report=on_epoch)
+    history = train(model, recipe, train_split, seed=seed, view_seed=seed if view_seed is None else view_seed,
+                    val=val_split, teacher_logits=table, report=on_epoch)
+    return history, model

@@ -34,6 +34,8 @@ search:
   reduction_factor: 2
 resources:
   cpu: 2
+confirm:
+  seeds: 1          # unconfirmed: kd_best is the best completed trial, the rule under test here
 """
 
 

@@ -1,6 +1,8 @@
 """The search end to end with a real local Ray, real Optuna and MLflow on an sqlite file."""
 import csv
 import json
+import math
+import statistics
 import subprocess
 import sys
 
@@ -14,6 +16,9 @@ search:
   max_concurrent: 2
 resources:
   cpu: 1
+confirm:
+  top_k: 2
+  seeds: 3
 """
 
 
@@ -32,11 +37,14 @@ def searched(tiny_archive, tmp_path_factory):
     second = kdsearch("search", study, "--data", tiny_archive, "--results", tmp / "results", "--name", "again",
                       cwd=tmp)
     assert second.returncode == 0, second.stderr[-3000:]
-    return tmp / "results", first, second
+    single = kdsearch("search", study, "--data", tiny_archive, "--results", tmp / "results", "--name", "single",
+                      "--num-samples", "2", "--confirm-seeds", "1", cwd=tmp)
+    assert single.returncode == 0, single.stderr[-3000:]
+    return tmp / "results", first, second, single
 
 
 def test_report_has_every_row_and_the_notebook_point_came_first(searched):
-    results, first, _ = searched
+    results, first, _, _ = searched
     report = json.loads((results / "tiny" / "report.json").read_text())
     assert [r["model"] for r in report["rows"]] == ["teacher", "student_mse", "student_ce", "kd_reference", "kd_best"]
     for r in report["rows"]:
@@ -55,22 +63,23 @@ def test_report_has_every_row_and_the_notebook_point_came_first(searched):
     assert "report.md" in first.stdout and "mlflow ui --backend-store-uri sqlite:///" in first.stdout
     assert "ray: started a local instance on 127.0.0.1; dashboard http://127.0.0.1:" in first.stderr
     assert "kd_best" in first.stdout
-    t = report["timings"]  # three parts that add up, each printed
-    assert min(t["engine_s"], t["trial_training_s"], t["overhead_s"]) > 0
-    assert t["engine_s"] + t["trial_training_s"] + t["overhead_s"] == pytest.approx(t["total_s"])
+    t = report["timings"]  # four parts that add up, each printed
+    assert min(t["engine_s"], t["trial_training_s"], t["confirm_s"], t["overhead_s"]) > 0
+    assert t["engine_s"] + t["trial_training_s"] + t["confirm_s"] + t["overhead_s"] == pytest.approx(t["total_s"])
     assert (f"{t['engine_s']:.0f} s data, teacher, baselines and logits; {t['trial_training_s']:.0f} s training "
-            f"trials; {t['overhead_s']:.0f} s") in first.stdout
+            f"trials; {t['confirm_s']:.0f} s confirmation; {t['overhead_s']:.0f} s") in first.stdout
 
 
 def test_mlflow_has_one_parent_and_a_child_per_trial_with_per_epoch_metrics(searched, tmp_path):
     from mlflow.tracking import MlflowClient
-    results, _, _ = searched
+    results, _, _, _ = searched
     report = json.loads((results / "tiny" / "report.json").read_text())
     client = MlflowClient(report["mlflow"]["tracking_uri"])
     exp = client.get_experiment_by_name(report["mlflow"]["experiment"])
     parent_id = report["mlflow"]["parent_run_id"]
     runs = client.search_runs([exp.experiment_id])
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent_id]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent_id
+                and r.data.tags["kdsearch.stage"] == "search"]
     assert len(children) == 3
     for child in children:
         assert child.info.status == "FINISHED" and child.data.tags["kdsearch.state"] == "completed"
@@ -94,14 +103,20 @@ def test_mlflow_has_one_parent_and_a_child_per_trial_with_per_epoch_metrics(sear
 
 
 def test_a_second_search_trains_no_teacher_or_baseline_again(searched):
-    results, _, second = searched
-    assert "training" not in second.stderr and second.stderr.count("reusing the stored run") == 4
+    results, first, second, _ = searched
+    reused = [line for line in second.stderr.splitlines() if "reusing the stored run" in line]
+    assert "training" not in second.stderr and len([r for r in reused if not r.startswith("confirm:")]) == 4
+    # nor any baseline's confirmation seed: each was stored by the first search
+    trained_first = {line.split(":")[1].split(" seed")[0].strip() + line.split(" seed")[1].split(":")[0]
+                     for line in first.stderr.splitlines() if line.startswith("confirm:") and "% (" in line}
+    baseline_seeds = {j for j in trained_first if "student_ce" in j or "kd_reference" in j}
+    assert baseline_seeds and len([r for r in reused if r.startswith("confirm:")]) == len(baseline_seeds)
     assert "teacher logits:" not in second.stderr  # the table was stored too
     assert (results / "again" / "report.json").exists()
 
 
 def test_report_command_rerenders_without_training_or_torch(searched, tmp_path):
-    results, _, _ = searched
+    results, _, _, _ = searched
     (results / "tiny" / "report.md").unlink()
     code = ("import sys\n"
             "from kdsearch.cli import main\n"
@@ -127,3 +142,84 @@ def test_the_local_ray_serves_its_dashboard_on_loopback_without_a_token(tmp_path
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.split()[-2:] == ["200", "127.0.0.1"]  # open (no 401) and the node stays on loopback
+
+
+def welch_ci(a, b):
+    """Welch's 95 % interval for mean(a) - mean(b), written out here from its textbook formula."""
+    from scipy.stats import t
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    d, half = statistics.mean(a) - statistics.mean(b), t.ppf(0.975, df) * math.sqrt(va + vb)
+    return d - half, d + half
+
+
+def test_confirmation_reports_every_seed_with_welch_intervals_and_verdicts(searched):
+    results, first, _, _ = searched
+    report = json.loads((results / "tiny" / "report.json").read_text())
+    rows = {r["model"]: r for r in report["rows"]}
+    assert report["confirmed"] and report["confirmation"]["seeds"] == [0, 1, 2]
+    for name in ("student_ce", "kd_reference", "kd_best"):
+        r = rows[name]
+        assert r["seeds"] == [0, 1, 2] and len(r["val_accs"]) == len(r["test_accs"]) == 3
+        assert r["val_acc"] == pytest.approx(statistics.mean(r["val_accs"]))
+        assert r["test_acc_sd"] == pytest.approx(statistics.stdev(r["test_accs"]))
+    assert rows["teacher"]["seeds"] == [0] and rows["teacher"]["val_acc_sd"] is None
+    # seed 0 is the search's trial and the baselines' own run, reused
+    best_trial = next(t for t in report["trials"] if t["number"] == rows["kd_best"]["trial"])
+    assert rows["kd_best"]["val_accs"][0] == best_trial["val_acc"]
+    assert not any(" seed 0" in line for line in first.stderr.splitlines() if line.startswith("confirm:"))
+    # kd_best: the confirmed trial with the best mean validation accuracy
+    entries = [e for e in report["confirmation"]["entries"] if e["trial"] is not None]
+    assert len(entries) == 2
+    assert rows["kd_best"]["trial"] == max(entries, key=lambda e: statistics.mean(e["val_accs"]))["trial"]
+    assert report["best_config"] == {k: rows["kd_best"]["config"][k] for k in report["best_config"]}
+    assert [(c["a"], c["b"]) for c in report["comparison"]] == [("kd_best", "student_ce"), ("kd_best", "kd_reference")]
+    for c in report["comparison"]:
+        for where, key in ((c, "test_accs"), (c["val"], "val_accs")):
+            a, b = rows["kd_best"][key], rows[c["b"]][key]
+            assert where["diff"] == pytest.approx(statistics.mean(a) - statistics.mean(b))
+            if statistics.variance(a) + statistics.variance(b) > 0:
+                assert where["ci95"] == pytest.approx(list(welch_ci(a, b)))
+            lo, hi = where["ci95"]
+            word = "beats" if lo > 0 else "trails" if hi < 0 else "no significant difference"
+            assert word in where["verdict"] and "3 seeds each" in where["verdict"]
+    # the verdicts lead the printed summary and report.md
+    assert first.stdout.splitlines()[0].startswith("test accuracy: " + report["comparison"][0]["verdict"])
+    md = (results / "tiny" / "report.md").read_text()
+    assert md.index(report["comparison"][1]["verdict"]) < md.index("```")
+    assert (results / "tiny" / "confirmation.png").stat().st_size > 1000
+    with open(results / "tiny" / "trials.csv") as f:
+        confirmed = [t for t in csv.DictReader(f) if t["confirmed_seeds"]]
+    assert len(confirmed) == 2 and all(t["confirmed_seeds"] == "3" for t in confirmed)
+
+
+def test_confirmation_runs_are_mlflow_children_with_their_seed(searched):
+    from mlflow.tracking import MlflowClient
+    results, first, _, _ = searched
+    report = json.loads((results / "tiny" / "report.json").read_text())
+    client = MlflowClient(report["mlflow"]["tracking_uri"])
+    exp = client.get_experiment_by_name(report["mlflow"]["experiment"])
+    parent = report["mlflow"]["parent_run_id"]
+    runs = [r for r in client.search_runs([exp.experiment_id])
+            if r.data.tags.get("mlflow.parentRunId") == parent and r.data.tags.get("kdsearch.stage") == "confirm"]
+    trained = [line for line in first.stderr.splitlines() if line.startswith("confirm:") and "% (" in line]
+    assert len(runs) == len(trained) > 0
+    for r in runs:
+        assert r.info.status == "FINISHED" and r.data.params["seed"] in ("1", "2")
+        assert 0 <= r.data.metrics["test_acc"] <= 100 and "val_acc" in r.data.metrics
+    metrics = client.get_run(parent).data.metrics
+    kd_best = next(r for r in report["rows"] if r["model"] == "kd_best")
+    assert metrics["kd_best_val_acc_mean"] == pytest.approx(kd_best["val_acc"])
+    assert metrics["student_ce_test_acc_sd"] == pytest.approx(
+        next(r for r in report["rows"] if r["model"] == "student_ce")["test_acc_sd"])
+
+
+def test_one_seed_gives_an_unconfirmed_winner_and_no_intervals(searched):
+    results, _, _, single = searched
+    report = json.loads((results / "single" / "report.json").read_text())
+    assert report["confirmed"] is False and report["comparison"] == []
+    assert all(r["seeds"] == [0] and r["val_acc_sd"] is None for r in report["rows"])
+    best = max((t for t in report["trials"] if t["state"] == "completed"), key=lambda t: t["val_acc"])
+    assert report["best_config"] == best["params"]
+    assert "unconfirmed" in single.stdout.splitlines()[0]
+    assert "confirm:" not in single.stderr

@@ -1,0 +1,129 @@
+"""The confirmation stage: the best configurations and the CE / KD baselines re-trained on more seeds, in Ray.
+
+A seed changes the initialisation and the batch order; the augmented views and the teacher's logit table stay
+the study's. The study's own seed is never trained twice: its runs are the search's trials and the baselines.
+The baselines' other seeds are stored like the baselines, so a second search of the study trains none of them.
+Test accuracy is measured once per model, at the end of the stage, for the report only; kd_best is the
+confirmed configuration with the best mean validation accuracy.
+"""
+import dataclasses
+import json
+import os
+import time
+
+import torch
+
+from .baselines import run_key
+from .config import Recipe
+from .engine import evaluate, new_model
+from .models import count_params
+from .trial import kd_trial
+
+CONFIRMED_BASELINES = ("student_ce", "kd_reference")
+
+
+def _task(recipe, seed, view_seed, **arrays):
+    """One confirmation run in a Ray worker: (history, state_dict on the CPU)."""
+    history, model = kd_trial({}, base=recipe, seed=seed, view_seed=view_seed, **arrays)
+    return history, {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def load_trial_model(grid, trial, recipe, data, seed):
+    """The student of a search trial, from its last checkpoint."""
+    model = new_model(recipe["model"], len(data.classes), seed, data.train.x.device)
+    checkpoint = next(r for r in grid if (r.metrics or {}).get("trial_id") == trial["trial_id"]).checkpoint
+    with checkpoint.as_directory() as d:
+        model.load_state_dict(torch.load(os.path.join(d, "student.pt"), map_location=data.train.x.device,
+                                         weights_only=True))
+    return model
+
+
+def confirm(grid, trials, rows, base, seeds, top_k, data, store, tkey, trial_args, resources, tracker, log):
+    """Run the stage; return (entries, index of kd_best's entry, kd_best's student of the study's seed).
+
+    An entry per confirmed model: model, trial (a search trial's number, or None for a baseline), config (the
+    whole recipe), seeds, val_accs, test_accs (per seed, in the order of `seeds`), history (the study seed's
+    run). With one seed the stage is off: the entry is the best trial alone, unconfirmed. Entries with the same
+    recipe (the first trial is kd_reference's point) share their runs: each recipe and seed is trained once.
+    """
+    done = sorted((t for t in trials if t["state"] == "completed"), key=lambda t: -t["val_acc"])
+    entries, models = [], {}  # models: {(entry index, study seed) or (job id, seed): student}
+    for t in done[:top_k if len(seeds) > 1 else 1]:
+        config = {**base, **t["params"]}
+        models[(len(entries), seeds[0])] = load_trial_model(grid, t, config, data, seeds[0])
+        entries.append({"model": f"trial_{t['number']}", "trial": t["number"], "config": config,
+                        "runs": {seeds[0]: [t["val_acc"], None]}, "history": t["history"]})
+    by_name = {r["model"]: r for r in rows}
+    for name in CONFIRMED_BASELINES if len(seeds) > 1 else ():
+        r = by_name[name]
+        entries.append({"model": name, "trial": None, "config": r["config"], "history": r["history"],
+                        "runs": {seeds[0]: [r["val_acc"], r["test_acc"]]}})
+    jobs = {}  # (recipe, seed) -> {"entries": [...], "seed", "config", "key": the store key, for a baseline}
+    for i, e in enumerate(entries):
+        for s in seeds[1:]:
+            job = jobs.setdefault((json.dumps(e["config"], sort_keys=True), s),
+                                  {"entries": [], "seed": s, "config": e["config"], "key": None})
+            job["entries"].append(i)
+            if e["trial"] is None:
+                job["key"] = run_key(Recipe(**e["config"]), data, s, tkey)
+    todo = []
+    for job_id, job in enumerate(jobs.values()):
+        job["name"] = "=".join(entries[i]["model"] for i in job["entries"])
+        stored = store.load_run("runs", job["key"]) if job["key"] else None
+        if stored is None:
+            todo.append((job_id, job))
+            continue
+        log(f"confirm: {job['name']} seed {job['seed']}: reusing the stored run (val {stored[1]['val_acc']:.2f}%)")
+        job["result"] = [stored[1]["val_acc"], stored[1]["test_acc"]]
+        tracker.log_confirm_run(job["name"], job["config"], job["seed"], stored[1]["history"], stored[1]["test_acc"])
+    for (job_id, job), (history, state) in _run(todo, seeds[0], trial_args, resources, log):
+        model = new_model(job["config"]["model"], len(data.classes), job["seed"], data.train.x.device)
+        model.load_state_dict(state)
+        models[(job_id, job["seed"])], job["history"] = model, history
+        job["result"] = [history[-1]["val_acc"], None]
+        tracker.log_confirm_run(job["name"], job["config"], job["seed"], history)
+    tests = {k: evaluate(m, data.test) for k, m in models.items()}  # once per model, at the end, for the report
+    for (i, s), test in tests.items():
+        if s == seeds[0]:
+            entries[i]["runs"][s][1] = test
+    for job_id, (job_key, job) in enumerate(jobs.items()):
+        if (job_id, job["seed"]) in tests:
+            job["result"][1] = test = tests[(job_id, job["seed"])]
+            tracker.log_confirm_test(job["name"], job["seed"], test)
+            if job["key"]:  # a baseline's seed: stored like the baselines
+                _store(store, job, models[(job_id, job["seed"])], test)
+        for i in job["entries"]:
+            entries[i]["runs"][job["seed"]] = job["result"]
+    out = [{"model": e["model"], "trial": e["trial"], "config": e["config"], "seeds": seeds,
+            "val_accs": [e["runs"][s][0] for s in seeds], "test_accs": [e["runs"][s][1] for s in seeds],
+            "history": e["history"]} for e in entries]
+    best = max((i for i, e in enumerate(out) if e["trial"] is not None), key=lambda i: sum(out[i]["val_accs"]))
+    return out, best, models[(best, seeds[0])]
+
+
+def _store(store, job, model, test):
+    h = job["history"]
+    store.save_run("runs", job["key"], model, {
+        "model": job["name"], "key": job["key"], "params": count_params(model), "val_acc": h[-1]["val_acc"],
+        "test_acc": test, "train_s": h[-1]["time_s"], "history": h, "config": job["config"], "seed": job["seed"]})
+
+
+def _run(jobs, view_seed, trial_args, resources, log):
+    """Yield ((job id, job), (history, state_dict)) as Ray finishes the runs, in parallel within the study's
+    resources."""
+    if not jobs:
+        return
+    import ray
+    shared = {k: ray.put(v) if hasattr(v, "shape") else v  # arrays go into the object store once
+              for k, v in trial_args.items() if k not in ("base", "seed")}
+    task = ray.remote(_task).options(num_cpus=resources["cpu"], num_gpus=resources["gpu"])
+    pending = {task.remote(dataclasses.asdict(Recipe(**job["config"])), job["seed"], view_seed, **shared): (i, job)
+               for i, job in jobs}
+    start = time.time()
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        job = pending.pop(ready[0])
+        history, state = ray.get(ready[0])
+        log(f"confirm: {job[1]['name']} seed {job[1]['seed']}: val {history[-1]['val_acc']:.2f}% "
+            f"({len(pending)} runs left, {time.time() - start:.0f} s)")
+        yield job, (history, state)
