@@ -38,13 +38,15 @@ def load_trial_model(grid, trial, recipe, data, seed):
     return model
 
 
-def confirm(grid, trials, rows, base, seeds, top_k, data, store, tkey, trial_args, resources, tracker, log):
+def confirm(grid, trials, rows, base, seeds, top_k, data, store, tkey, trial_args, resources, max_concurrent,
+            tracker, log):
     """Run the stage; return (entries, index of kd_best's entry, kd_best's student of the study's seed).
 
     An entry per confirmed model: model, trial (a search trial's number, or None for a baseline), config (the
     whole recipe), seeds, val_accs, test_accs (per seed, in the order of `seeds`), history (the study seed's
     run). With one seed the stage is off: the entry is the best trial alone, unconfirmed. Entries with the same
-    recipe (the first trial is kd_reference's point) share their runs: each recipe and seed is trained once.
+    recipe (the first trial is kd_reference's point) share their new seeds' runs: each is trained once. A run
+    that fails takes its entries out of the confirmation; the search's report still comes.
     """
     done = sorted((t for t in trials if t["state"] == "completed"), key=lambda t: -t["val_acc"])
     entries, models = [], {}  # models: {(entry index, study seed) or (job id, seed): student}
@@ -75,8 +77,14 @@ def confirm(grid, trials, rows, base, seeds, top_k, data, store, tkey, trial_arg
             continue
         log(f"confirm: {job['name']} seed {job['seed']}: reusing the stored run (val {stored[1]['val_acc']:.2f}%)")
         job["result"] = [stored[1]["val_acc"], stored[1]["test_acc"]]
-        tracker.log_confirm_run(job["name"], job["config"], job["seed"], stored[1]["history"], stored[1]["test_acc"])
-    for (job_id, job), (history, state) in _run(todo, seeds[0], trial_args, resources, log):
+        tracker.log_confirm_run(job["name"], job["config"], job["seed"], stored[1]["history"], stored[1]["test_acc"],
+                                cached=True)
+    failed = set()
+    for (job_id, job), result in _run(todo, seeds[0], trial_args, resources, max_concurrent, log):
+        if result is None:  # the run raised: its entries leave the confirmation, the search's report stands
+            failed.update(job["entries"])
+            continue
+        history, state = result
         model = new_model(job["config"]["model"], len(data.classes), job["seed"], data.train.x.device)
         model.load_state_dict(state)
         models[(job_id, job["seed"])], job["history"] = model, history
@@ -86,7 +94,9 @@ def confirm(grid, trials, rows, base, seeds, top_k, data, store, tkey, trial_arg
     for (i, s), test in tests.items():
         if s == seeds[0]:
             entries[i]["runs"][s][1] = test
-    for job_id, (job_key, job) in enumerate(jobs.items()):
+    for job_id, job in enumerate(jobs.values()):
+        if "result" not in job:
+            continue
         if (job_id, job["seed"]) in tests:
             job["result"][1] = test = tests[(job_id, job["seed"])]
             tracker.log_confirm_test(job["name"], job["seed"], test)
@@ -94,11 +104,14 @@ def confirm(grid, trials, rows, base, seeds, top_k, data, store, tkey, trial_arg
                 _store(store, job, models[(job_id, job["seed"])], test)
         for i in job["entries"]:
             entries[i]["runs"][job["seed"]] = job["result"]
+    keep = [i for i in range(len(entries)) if i not in failed]
+    if not any(entries[i]["trial"] is not None for i in keep):  # every confirmed trial failed: unconfirmed
+        keep, seeds = [0], seeds[:1]
     out = [{"model": e["model"], "trial": e["trial"], "config": e["config"], "seeds": seeds,
             "val_accs": [e["runs"][s][0] for s in seeds], "test_accs": [e["runs"][s][1] for s in seeds],
-            "history": e["history"]} for e in entries]
+            "history": e["history"]} for e in (entries[i] for i in keep)]
     best = max((i for i, e in enumerate(out) if e["trial"] is not None), key=lambda i: sum(out[i]["val_accs"]))
-    return out, best, models[(best, seeds[0])]
+    return out, best, models[(keep[best], seeds[0])]
 
 
 def _store(store, job, model, test):
@@ -108,22 +121,31 @@ def _store(store, job, model, test):
         "test_acc": test, "train_s": h[-1]["time_s"], "history": h, "config": job["config"], "seed": job["seed"]})
 
 
-def _run(jobs, view_seed, trial_args, resources, log):
-    """Yield ((job id, job), (history, state_dict)) as Ray finishes the runs, in parallel within the study's
-    resources."""
+def _run(jobs, view_seed, trial_args, resources, max_concurrent, log):
+    """Yield ((job id, job), (history, state_dict) or None when the run raised) as Ray finishes the runs, at most
+    `max_concurrent` at a time (the search's limit), each with the study's per-trial resources."""
     if not jobs:
         return
     import ray
     shared = {k: ray.put(v) if hasattr(v, "shape") else v  # arrays go into the object store once
               for k, v in trial_args.items() if k not in ("base", "seed")}
-    task = ray.remote(_task).options(num_cpus=resources["cpu"], num_gpus=resources["gpu"])
-    pending = {task.remote(dataclasses.asdict(Recipe(**job["config"])), job["seed"], view_seed, **shared): (i, job)
-               for i, job in jobs}
-    start = time.time()
-    while pending:
+    task = ray.remote(_task).options(num_cpus=resources["cpu"], num_gpus=resources["gpu"], max_retries=0)
+    queue, pending, start = list(jobs), {}, time.time()
+    while queue or pending:
+        while queue and len(pending) < max_concurrent:
+            job_id, job = queue.pop(0)
+            recipe = dataclasses.asdict(Recipe(**job["config"]))
+            pending[task.remote(recipe, job["seed"], view_seed, **shared)] = (job_id, job)
         ready, _ = ray.wait(list(pending), num_returns=1)
-        job = pending.pop(ready[0])
-        history, state = ray.get(ready[0])
-        log(f"confirm: {job[1]['name']} seed {job[1]['seed']}: val {history[-1]['val_acc']:.2f}% "
-            f"({len(pending)} runs left, {time.time() - start:.0f} s)")
-        yield job, (history, state)
+        job_id, job = pending.pop(ready[0])
+        try:
+            history, state = ray.get(ready[0])
+        except Exception as e:  # a task's error: say which run, go on with the others
+            first_line = (str(e).strip().splitlines() or [""])[-1][:200]
+            log(f"confirm: {job['name']} seed {job['seed']} failed ({type(e).__name__}: {first_line}); "
+                f"it leaves the confirmation")
+            yield (job_id, job), None
+            continue
+        log(f"confirm: {job['name']} seed {job['seed']}: val {history[-1]['val_acc']:.2f}% "
+            f"({len(pending) + len(queue)} runs left, {time.time() - start:.0f} s)")
+        yield (job_id, job), (history, state)

@@ -93,8 +93,14 @@ def comparisons(rows):
     out = []
     for b in ("student_ce", "kd_reference"):
         a_row, b_row = by["kd_best"], by[b]
+        if len(b_row["seeds"]) < 2:  # its confirmation failed: nothing to compare with
+            continue
         entry = {"a": "kd_best", "b": b}
         for metric, where in (("test_accs", entry), ("val_accs", entry.setdefault("val", {}))):
+            if a_row["config"] == b_row["config"]:  # the same recipe: its runs are no independent samples
+                where.update({"diff": 0.0, "ci95": [0.0, 0.0],
+                              "verdict": f"kd_best is {b}'s own setting: nothing to compare"})
+                continue
             diff, ci = welch(a_row[metric], b_row[metric])
             where.update({"diff": diff, "ci95": list(ci),
                           "verdict": verdict("kd_best", b, diff, ci, len(a_row[metric]), len(b_row[metric]))})
@@ -106,24 +112,24 @@ def parent_metrics(report):
     """The MLflow parent run's summary: each row's mean (and sd) accuracies over its seeds."""
     out = {}
     for r in report["rows"]:
-        for m in ("val_acc", "test_acc"):
-            out[f"{r['model']}_{m}_mean"] = r[m]
+        for m in ("val_acc", "test_acc"):  # <model>_<m> too: the search's start logged the study seed's value
+            out[f"{r['model']}_{m}"] = out[f"{r['model']}_{m}_mean"] = r[m]
             if r[f"{m}_sd"] is not None:
                 out[f"{r['model']}_{m}_sd"] = r[f"{m}_sd"]
-    out["kd_best_val_acc"], out["kd_best_test_acc"] = out["kd_best_val_acc_mean"], out["kd_best_test_acc_mean"]
     return out
 
 
-def timings(total_s, engine_s, trials, confirm_s=0.0):
-    """Four parts of a search's wall time, up to the report's figures: the engine phase (data, teacher,
-    baselines and logits, timed once Ray and MLflow are up), the trials' training (the union of their training
-    intervals), the confirmation stage (its wall time), and the rest, overhead: Ray start, trial process start,
-    Optuna, MLflow (the best model included) and the report's figures. Writing report.json and .md, logging
-    them to MLflow and Ray's shutdown come after the clock stops (a fraction of a second, and about a second)."""
+def timings(total_s, engine_s, trials, search_s, confirm_s):
+    """A search's wall time, up to the report's figures, in parts: the engine phase (data, teacher, baselines
+    and logits, timed once Ray and MLflow are up), the search (Tune's run: the trials' training, the union of
+    their training intervals, and its overhead), the confirmation stage (its wall time), and the overhead: all
+    but the engine phase, the trials' training and the confirmation (Ray start, trial process start, Optuna,
+    MLflow, the report's figures). Writing report.json and .md, logging them to MLflow and Ray's shutdown come
+    after the clock stops (a fraction of a second, and about a second)."""
     train_s = _union([(t["train_start"], t["train_end"]) for t in trials if t["train_start"]])
     overhead = total_s - engine_s - train_s - confirm_s
-    return {"total_s": total_s, "engine_s": engine_s, "trial_training_s": train_s, "confirm_s": confirm_s,
-            "overhead_s": overhead, "overhead_share": overhead / total_s}
+    return {"total_s": total_s, "engine_s": engine_s, "search_s": search_s, "trial_training_s": train_s,
+            "confirm_s": confirm_s, "overhead_s": overhead, "overhead_share": overhead / total_s}
 
 
 def _union(intervals):
@@ -174,6 +180,8 @@ def write(report, folder, figures):
 
 def verdict_lines(report):
     """The verdicts that lead the report: kd_best against each baseline, or why there are none."""
+    if "confirmation" not in report:
+        return ["kd_best is unconfirmed: this report predates the confirmation over seeds; no intervals."]
     if not report.get("confirmed"):
         return ["kd_best is unconfirmed: it is the best single-seed trial (confirm.seeds: 1); no intervals."]
     return [f"test accuracy: {c['verdict']}" for c in report["comparison"]]
@@ -181,10 +189,11 @@ def verdict_lines(report):
 
 def _timings_line(report):
     t = report["timings"]
+    search = f"search {t['search_s']:.0f} s, of it " if "search_s" in t else ""
     return (f"{report['num_trials']} trials; {t['total_s']:.0f} s in all: {t['engine_s']:.0f} s data, teacher, "
-            f"baselines and logits; {t['trial_training_s']:.0f} s training trials; {t.get('confirm_s', 0):.0f} s "
-            f"confirmation; {t['overhead_s']:.0f} s ({100 * t['overhead_s'] / t['total_s']:.1f}%) overhead (Ray "
-            f"start, trial start-up, Optuna, MLflow, report)")
+            f"baselines and logits; {search}{t['trial_training_s']:.0f} s training trials; "
+            f"{t.get('confirm_s', 0):.0f} s confirmation; {t['overhead_s']:.0f} s "
+            f"({100 * t['overhead_s'] / t['total_s']:.1f}%) overhead (Ray start, trial start-up, Optuna, MLflow, report)")
 
 
 def _trials_csv(report, path):

@@ -50,7 +50,9 @@ def run_search(study, study_file, results, name=None, num_samples=None, address=
         args = _trial_args(data, table, base, study.seed, resources, trial_device)
         tuner = build_tuner(args, resources, searcher, search, space_epochs(study.space, kd_ref), folder,
                             [tracking.trial_callback(tracker, searcher, list(study.space), log)])
+        t_search = time.time()
         grid = tuner.fit()
+        search_s = time.time() - t_search
         trials = collect_trials(grid, searcher.trials, list(study.space))
         if not any(t["state"] == "completed" for t in trials):
             raise UserError(f"none of the {len(trials)} trials completed; fix: read the trials' errors in "
@@ -58,13 +60,13 @@ def run_search(study, study_file, results, name=None, num_samples=None, address=
         t_confirm = time.time()
         seeds = [study.seed + i for i in range(study.confirm.seeds)]
         confirmed, best, model = confirm(grid, trials, rows, base, seeds, study.confirm.top_k, data, store,
-                                         rows[0]["key"], args, resources, tracker, log)
+                                         rows[0]["key"], args, resources, search.max_concurrent, tracker, log)
         confirm_s = time.time() - t_confirm
         report = reports.build(study.name, name, rows, confirmed, best, count_params(model), trials, study.space,
                                tracker.info(), dashboard)
         tracker.log_best(reports.parent_metrics(report), report["best_config"], model, _example_input(data))
         figures = reports.render_figures(report, folder)
-        report["timings"] = reports.timings(time.time() - t0, engine_s, trials, confirm_s)
+        report["timings"] = reports.timings(time.time() - t0, engine_s, trials, search_s, confirm_s)
         written = reports.write(report, folder, figures)
         tracker.log_report(written)
         status = "FINISHED"

@@ -31,10 +31,12 @@ def welch(a, b, level=0.95):
 
 
 def verdict(a_name, b_name, diff, ci, n_a, n_b):
-    """The comparison in words, e.g. "kd_best beats student_ce by 2.0 points (95 % CI 1.2 to 2.8, 3 seeds
+    """The comparison in words, e.g. "kd_best beats student_ce by 2.0 points (95 % CI +1.2 to +2.8, 3 seeds
     each)"; "no significant difference" when the interval holds 0."""
     seeds = f"{n_a} seeds each" if n_a == n_b else f"{n_a} and {n_b} seeds"
     span = f"95 % CI {ci[0]:+.1f} to {ci[1]:+.1f}, {seeds}"
+    if ci[0] == ci[1]:
+        span += "; no spread over seeds on either side, so the interval is a point"
     if ci[0] > 0:
         return f"{a_name} beats {b_name} by {diff:.1f} points ({span})"
     if ci[1] < 0:

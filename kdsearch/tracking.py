@@ -7,6 +7,7 @@ and the report); one child run per trial, tagged with mlflow.parentRunId, holdin
 val_acc, train_loss and loss terms (loss_hard, loss_soft for KD), and its final status.
 """
 import os
+import time
 from pathlib import Path
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # send nothing off this machine
@@ -93,12 +94,12 @@ class Tracker:
         status = {"completed": "FINISHED", "pruned": "KILLED"}.get(state, "FAILED")
         self.client.set_terminated(run_id, status)
 
-    def log_confirm_run(self, model, config, seed, history, test_acc=None):
+    def log_confirm_run(self, model, config, seed, history, test_acc=None, cached=False):
         """A confirmation run: a child run tagged kdsearch.stage=confirm, with its recipe, seed and per-epoch
         metrics; test_acc when known (else log_confirm_test adds it at the end of the stage)."""
         run = self.client.create_run(self.experiment_id, run_name=f"confirm_{model}_seed{seed}",
                                      tags={"mlflow.parentRunId": self.parent, "kdsearch.stage": "confirm",
-                                           "kdsearch.model": model})
+                                           "kdsearch.model": model, "kdsearch.cached": str(cached).lower()})
         self.confirm_runs[(model, seed)] = run.info.run_id
         params = [mlflow.entities.Param(k, str(v)) for k, v in {**config, "seed": seed}.items()]
         names = ["val_acc", "train_loss"] + sorted(k for k in history[-1] if k.startswith("loss_"))
@@ -112,7 +113,10 @@ class Tracker:
         self.client.log_metric(self.confirm_runs[(model, seed)], "test_acc", test_acc)
 
     def log_best(self, best_metrics, best_params, model, input_example):
-        self.client.log_batch(self.parent, metrics=[Metric(k, v, 0, 0) for k, v in best_metrics.items()],
+        """The final summary (means over seeds: step 1, after the study seed's values at step 0), the best
+        settings and the kd_best model."""
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.parent, metrics=[Metric(k, v, now, 1) for k, v in best_metrics.items()],
                               params=[mlflow.entities.Param(f"best_{k}", str(v)) for k, v in best_params.items()])
         if model is not None:
             import copy

@@ -66,8 +66,10 @@ def test_report_has_every_row_and_the_notebook_point_came_first(searched):
     t = report["timings"]  # four parts that add up, each printed
     assert min(t["engine_s"], t["trial_training_s"], t["confirm_s"], t["overhead_s"]) > 0
     assert t["engine_s"] + t["trial_training_s"] + t["confirm_s"] + t["overhead_s"] == pytest.approx(t["total_s"])
-    assert (f"{t['engine_s']:.0f} s data, teacher, baselines and logits; {t['trial_training_s']:.0f} s training "
-            f"trials; {t['confirm_s']:.0f} s confirmation; {t['overhead_s']:.0f} s") in first.stdout
+    assert t["trial_training_s"] < t["search_s"] < t["total_s"]
+    assert (f"{t['engine_s']:.0f} s data, teacher, baselines and logits; search {t['search_s']:.0f} s, of it "
+            f"{t['trial_training_s']:.0f} s training trials; {t['confirm_s']:.0f} s confirmation; "
+            f"{t['overhead_s']:.0f} s") in first.stdout
 
 
 def test_mlflow_has_one_parent_and_a_child_per_trial_with_per_epoch_metrics(searched, tmp_path):
@@ -175,6 +177,9 @@ def test_confirmation_reports_every_seed_with_welch_intervals_and_verdicts(searc
     assert report["best_config"] == {k: rows["kd_best"]["config"][k] for k in report["best_config"]}
     assert [(c["a"], c["b"]) for c in report["comparison"]] == [("kd_best", "student_ce"), ("kd_best", "kd_reference")]
     for c in report["comparison"]:
+        if rows["kd_best"]["config"] == rows[c["b"]]["config"]:  # kd_best is that baseline's own recipe
+            assert c["verdict"] == f"kd_best is {c['b']}'s own setting: nothing to compare"
+            continue
         for where, key in ((c, "test_accs"), (c["val"], "val_accs")):
             a, b = rows["kd_best"][key], rows[c["b"]][key]
             assert where["diff"] == pytest.approx(statistics.mean(a) - statistics.mean(b))
