@@ -16,7 +16,7 @@ import torch
 from .baselines import run_key
 from .config import Recipe
 from .engine import evaluate, new_model
-from .models import count_params
+from .runs import save_run
 from .trial import kd_trial
 
 CONFIRMED_BASELINES = ("student_ce", "kd_reference")
@@ -101,7 +101,8 @@ def confirm(grid, trials, rows, base, seeds, top_k, data, store, tkey, trial_arg
             job["result"][1] = test = tests[(job_id, job["seed"])]
             tracker.log_confirm_test(job["name"], job["seed"], test)
             if job["key"]:  # a baseline's seed: stored like the baselines
-                _store(store, job, models[(job_id, job["seed"])], test)
+                save_run(store, "runs", job["key"], job["name"], models[(job_id, job["seed"])], job["config"],
+                         job["history"], test, job["history"][-1]["time_s"], seed=job["seed"])
         for i in job["entries"]:
             entries[i]["runs"][job["seed"]] = job["result"]
     keep = [i for i in range(len(entries)) if i not in failed]
@@ -112,13 +113,6 @@ def confirm(grid, trials, rows, base, seeds, top_k, data, store, tkey, trial_arg
             "history": e["history"]} for e in (entries[i] for i in keep)]
     best = max((i for i, e in enumerate(out) if e["trial"] is not None), key=lambda i: sum(out[i]["val_accs"]))
     return out, best, models[(keep[best], seeds[0])]
-
-
-def _store(store, job, model, test):
-    h = job["history"]
-    store.save_run("runs", job["key"], model, {
-        "model": job["name"], "key": job["key"], "params": count_params(model), "val_acc": h[-1]["val_acc"],
-        "test_acc": test, "train_s": h[-1]["time_s"], "history": h, "config": job["config"], "seed": job["seed"]})
 
 
 def _run(jobs, view_seed, trial_args, resources, max_concurrent, log):

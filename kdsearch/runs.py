@@ -33,8 +33,15 @@ def train_or_load(store, kind, key, name, recipe, data, *, seed, teacher_logits=
     start = time.perf_counter()
     history = train(model, recipe, data.train, seed=seed, view_seed=seed, val=data.val,
                     teacher_logits=teacher_logits, report=report)
-    row = {"model": name, "key": key, "params": count_params(model), "val_acc": history[-1]["val_acc"],
-           "test_acc": evaluate(model, data.test), "train_s": time.perf_counter() - start,
-           "history": history, "config": dataclasses.asdict(recipe)}
-    store.save_run(kind, key, model, row)
+    row = save_run(store, kind, key, name, model, dataclasses.asdict(recipe), history,
+                   evaluate(model, data.test), time.perf_counter() - start)
     return model, {**row, "cached": False}
+
+
+def save_run(store, kind, key, name, model, config, history, test_acc, train_s, **extra):
+    """Store a trained model with its row (the one row schema: model, key, params, val_acc, test_acc, train_s,
+    history, config); return the row."""
+    row = {"model": name, "key": key, "params": count_params(model), "val_acc": history[-1]["val_acc"],
+           "test_acc": test_acc, "train_s": train_s, "history": history, "config": config, **extra}
+    store.save_run(kind, key, model, row)
+    return row
