@@ -31,7 +31,7 @@ def open_study(cfg, seed, threads, device, results, log=log_stderr):
     data = prepare(arrays, cfg.val_size, cfg.train_subset, seed, device)
     log(f"data: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test images, "
         f"{len(data.classes)} classes (loaded in {load_s:.1f} s), on {device}, {threads} CPU threads")
-    return data, Store(cache)
+    return data, Store(cache, log)
 
 
 def run_key(recipe, data, seed, teacher_key=None):

@@ -45,8 +45,13 @@ def cmd_search(args):
         raise UserError(f"--num-samples must be >= 1 (got {args.num_samples}); fix: give a positive number")
     from .report import print_summary
     from .search import run_search
-    report, written = run_search(study, args.study, args.results, name=args.name, num_samples=args.num_samples,
-                                 address=args.address)
+    try:
+        report, written = run_search(study, args.study, args.results, name=args.name,
+                                     num_samples=args.num_samples, address=args.address, resume=args.resume)
+    except KeyboardInterrupt:
+        again = " ".join(sys.argv[1:]) + ("" if args.resume else " --resume")
+        print(f"kdsearch: interrupted; nothing finished is lost. To go on: kdsearch {again}", file=sys.stderr)
+        raise SystemExit(130) from None
     print_summary(report, written)
 
 
@@ -95,6 +100,8 @@ def build_parser():
     s.add_argument("--num-samples", type=int, help="number of trials (overrides search.num_samples)")
     s.add_argument("--confirm-seeds", type=int, help="seeds per confirmed model, 1 to skip the confirmation "
                                                      "(overrides confirm.seeds)")
+    s.add_argument("--resume", action="store_true", help="go on with the interrupted search of this name "
+                                                         "(same study file and options)")
     s.add_argument("--address", help="join this Ray cluster (e.g. 10.0.0.5:6379) instead of starting a local one")
     r = sub.add_parser("report", help="re-render a search's report from what is stored, training nothing")
     r.add_argument("folder", help="<results>/<name> of a finished search")

@@ -89,6 +89,7 @@ class Search:
     scheduler: str = rule("none", choices=["none", "asha"])  # asha: stop poor trials early (see README)
     grace_period: int = rule(2, ge=1)  # ASHA: epochs every trial runs before it may be stopped
     reduction_factor: int = rule(3, ge=2)  # ASHA: keep the best 1/reduction_factor at each rung
+    max_failures: int = rule(2, ge=0)  # a trial that raises is retried from its checkpoint this often, then failed
 
 
 @dataclass

@@ -8,16 +8,15 @@ confirmed configuration with the best mean validation accuracy.
 """
 import dataclasses
 import json
-import os
 import time
 
-import torch
 
 from .baselines import run_key
 from .config import Recipe
 from .engine import evaluate, new_model
 from .runs import save_run
 from .trial import kd_trial
+from .tuner import load_checkpoint
 
 CONFIRMED_BASELINES = ("student_ce", "kd_reference")
 
@@ -25,6 +24,8 @@ CONFIRMED_BASELINES = ("student_ce", "kd_reference")
 def _task(recipe, seed, view_seed, **arrays):
     """One confirmation run in a Ray worker: (history, state_dict on the CPU)."""
     history, model = kd_trial({}, base=recipe, seed=seed, view_seed=view_seed, **arrays)
+    if history[-1].get("diverged"):
+        raise RuntimeError(f"diverged in epoch {len(history)} (the loss became NaN or infinite)")
     return history, {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 
@@ -32,9 +33,7 @@ def load_trial_model(grid, trial, recipe, data, seed):
     """The student of a search trial, from its last checkpoint."""
     model = new_model(recipe["model"], len(data.classes), seed, data.train.x.device)
     checkpoint = next(r for r in grid if (r.metrics or {}).get("trial_id") == trial["trial_id"]).checkpoint
-    with checkpoint.as_directory() as d:
-        model.load_state_dict(torch.load(os.path.join(d, "student.pt"), map_location=data.train.x.device,
-                                         weights_only=True))
+    model.load_state_dict(load_checkpoint(checkpoint, data.train.x.device)["model"])
     return model
 
 
@@ -49,7 +48,7 @@ def confirm(grid, trials, rows, base, seeds, top_k, data, store, tkey, trial_arg
     that fails takes its entries out of the confirmation; the search's report still comes.
     """
     done = sorted((t for t in trials if t["state"] == "completed"), key=lambda t: -t["val_acc"])
-    entries, models = [], {}  # models: {(entry index, study seed) or (job id, seed): student}
+    entries, models = [], {}  # models: {(entry index, study seed): student}
     for t in done[:top_k if len(seeds) > 1 else 1]:
         config = {**base, **t["params"]}
         models[(len(entries), seeds[0])] = load_trial_model(grid, t, config, data, seeds[0])
@@ -60,51 +59,44 @@ def confirm(grid, trials, rows, base, seeds, top_k, data, store, tkey, trial_arg
         r = by_name[name]
         entries.append({"model": name, "trial": None, "config": r["config"], "history": r["history"],
                         "runs": {seeds[0]: [r["val_acc"], r["test_acc"]]}})
-    jobs = {}  # (recipe, seed) -> {"entries": [...], "seed", "config", "key": the store key, for a baseline}
+    jobs = {}  # (recipe, seed) -> {"entries": [...], "seed", "config", "key": the store key}
     for i, e in enumerate(entries):
         for s in seeds[1:]:
             job = jobs.setdefault((json.dumps(e["config"], sort_keys=True), s),
-                                  {"entries": [], "seed": s, "config": e["config"], "key": None})
+                                  {"entries": [], "seed": s, "config": e["config"],
+                                   "key": run_key(Recipe(**e["config"]), data, s, tkey)})
             job["entries"].append(i)
-            if e["trial"] is None:
-                job["key"] = run_key(Recipe(**e["config"]), data, s, tkey)
     todo = []
-    for job_id, job in enumerate(jobs.values()):
+    for job in jobs.values():
         job["name"] = "=".join(entries[i]["model"] for i in job["entries"])
-        stored = store.load_run("runs", job["key"]) if job["key"] else None
+        stored = store.load_run("runs", job["key"])
         if stored is None:
-            todo.append((job_id, job))
+            todo.append(job)
             continue
         log(f"confirm: {job['name']} seed {job['seed']}: reusing the stored run (val {stored[1]['val_acc']:.2f}%)")
         job["result"] = [stored[1]["val_acc"], stored[1]["test_acc"]]
         tracker.log_confirm_run(job["name"], job["config"], job["seed"], stored[1]["history"], stored[1]["test_acc"],
                                 cached=True)
     failed = set()
-    for (job_id, job), result in _run(todo, seeds[0], trial_args, resources, max_concurrent, log):
+    for job, result in _run(todo, seeds[0], trial_args, resources, max_concurrent, log):
         if result is None:  # the run raised: its entries leave the confirmation, the search's report stands
             failed.update(job["entries"])
             continue
         history, state = result
         model = new_model(job["config"]["model"], len(data.classes), job["seed"], data.train.x.device)
         model.load_state_dict(state)
-        models[(job_id, job["seed"])], job["history"] = model, history
-        job["result"] = [history[-1]["val_acc"], None]
-        tracker.log_confirm_run(job["name"], job["config"], job["seed"], history)
-    tests = {k: evaluate(m, data.test) for k, m in models.items()}  # once per model, at the end, for the report
-    for (i, s), test in tests.items():
-        if s == seeds[0]:
-            entries[i]["runs"][s][1] = test
-    for job_id, job in enumerate(jobs.values()):
-        if "result" not in job:
-            continue
-        if (job_id, job["seed"]) in tests:
-            job["result"][1] = test = tests[(job_id, job["seed"])]
-            tracker.log_confirm_test(job["name"], job["seed"], test)
-            if job["key"]:  # a baseline's seed: stored like the baselines
-                save_run(store, "runs", job["key"], job["name"], models[(job_id, job["seed"])], job["config"],
-                         job["history"], test, job["history"][-1]["time_s"], seed=job["seed"])
+        # stored as soon as it is done, with its test accuracy (for the report only, never for a choice), so that
+        # a resumed or repeated search trains it no more
+        test = evaluate(model, data.test)
+        save_run(store, "runs", job["key"], job["name"], model, job["config"], history, test,
+                 history[-1]["time_s"], seed=job["seed"])
+        job["result"] = [history[-1]["val_acc"], test]
+        tracker.log_confirm_run(job["name"], job["config"], job["seed"], history, test)
+    for (i, s), model in models.items():
+        entries[i]["runs"][s][1] = evaluate(model, data.test)
+    for job in jobs.values():
         for i in job["entries"]:
-            entries[i]["runs"][job["seed"]] = job["result"]
+            entries[i]["runs"][job["seed"]] = job.get("result")
     keep = [i for i in range(len(entries)) if i not in failed]
     if not any(entries[i]["trial"] is not None for i in keep):  # every confirmed trial failed: unconfirmed
         keep, seeds = [0], seeds[:1]
@@ -116,7 +108,7 @@ def confirm(grid, trials, rows, base, seeds, top_k, data, store, tkey, trial_arg
 
 
 def _run(jobs, view_seed, trial_args, resources, max_concurrent, log):
-    """Yield ((job id, job), (history, state_dict) or None when the run raised) as Ray finishes the runs, at most
+    """Yield (job, (history, state_dict) or None when the run raised) as Ray finishes the runs, at most
     `max_concurrent` at a time (the search's limit), each with the study's per-trial resources."""
     if not jobs:
         return
@@ -127,19 +119,19 @@ def _run(jobs, view_seed, trial_args, resources, max_concurrent, log):
     queue, pending, start = list(jobs), {}, time.time()
     while queue or pending:
         while queue and len(pending) < max_concurrent:
-            job_id, job = queue.pop(0)
+            job = queue.pop(0)
             recipe = dataclasses.asdict(Recipe(**job["config"]))
-            pending[task.remote(recipe, job["seed"], view_seed, **shared)] = (job_id, job)
+            pending[task.remote(recipe, job["seed"], view_seed, **shared)] = job
         ready, _ = ray.wait(list(pending), num_returns=1)
-        job_id, job = pending.pop(ready[0])
+        job = pending.pop(ready[0])
         try:
             history, state = ray.get(ready[0])
         except Exception as e:  # a task's error: say which run, go on with the others
             first_line = (str(e).strip().splitlines() or [""])[-1][:200]
             log(f"confirm: {job['name']} seed {job['seed']} failed ({type(e).__name__}: {first_line}); "
                 f"it leaves the confirmation")
-            yield (job_id, job), None
+            yield job, None
             continue
         log(f"confirm: {job['name']} seed {job['seed']}: val {history[-1]['val_acc']:.2f}% "
             f"({len(pending) + len(queue)} runs left, {time.time() - start:.0f} s)")
-        yield (job_id, job), (history, state)
+        yield job, (history, state)

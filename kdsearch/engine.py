@@ -62,13 +62,15 @@ def train_step(model, opt, loss_fn, x, y, t=None):
     return loss.detach(), parts
 
 
-def train(model, recipe, train, *, seed, view_seed, val=None, teacher_logits=None, report=None):
+def train(model, recipe, train, *, seed, view_seed, val=None, teacher_logits=None, report=None, resume=None):
     """Train `model` by `recipe` on split `train`; return the per-epoch history.
 
     seed: batch order. view_seed: the study seed that fixes every image's augmented view per epoch (and so
     matches `teacher_logits`, a (>= recipe.epochs, len(train), classes) tensor, required by the KD loss).
-    report(metrics): called after every epoch with {"epoch", "train_loss", "loss_<part>" for each of the loss's
-    parts (e.g. loss_hard, loss_soft), "val_acc", "time_s"}.
+    report(metrics, state): called after every epoch with {"epoch", "train_loss", "loss_<part>" for each of the
+    loss's parts (e.g. loss_hard, loss_soft), "val_acc", "time_s"} and a function that returns the run's whole
+    state (`training_state`). resume: such a state; training goes on from its epoch as if never stopped.
+    A loss that turns NaN or infinite stops the run at once: its last metrics say "diverged": True.
     """
     loss_fn = make_loss(recipe)
     needs_teacher = recipe.loss in NEEDS_TEACHER
@@ -78,8 +80,22 @@ def train(model, recipe, train, *, seed, view_seed, val=None, teacher_logits=Non
     opt = make_optimizer(model, recipe)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, recipe.epochs) if recipe.schedule == "cosine" else None
     order = torch.Generator().manual_seed(seed)
-    n, history, start = len(train), [], time.perf_counter()
-    for epoch in range(recipe.epochs):
+    history, spent = [], 0.0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["optimizer"])
+        if sched is not None:
+            sched.load_state_dict(resume["scheduler"])
+        order.set_state(resume["order"])
+        history = list(resume["history"])
+        spent = history[-1]["time_s"] if history else 0.0
+
+    def state():
+        return {"model": model.state_dict(), "optimizer": opt.state_dict(), "order": order.get_state(),
+                "scheduler": sched.state_dict() if sched is not None else None, "history": history}
+
+    n, start = len(train), time.perf_counter() - spent
+    for epoch in range(len(history), recipe.epochs):
         model.train()
         perm = torch.randperm(n, generator=order).to(device)
         total, sums, steps = torch.zeros((), device=device), {}, 0  # summed on the device: no sync per step
@@ -94,16 +110,21 @@ def train(model, recipe, train, *, seed, view_seed, val=None, teacher_logits=Non
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0) + v
             steps += 1
+            if steps % 25 == 0 and not torch.isfinite(total):  # a sync every 25 steps: a diverged run stops now
+                break
         if sched is not None:
             sched.step()
         steps = max(steps, 1)
+        diverged = not torch.isfinite(total).item()
         metrics = {"epoch": epoch + 1, "train_loss": total.item() / steps,
                    **{f"loss_{k}": float(v) / steps for k, v in sums.items()},
                    "val_acc": evaluate(model, val) if val is not None else None,
-                   "time_s": time.perf_counter() - start}
+                   "time_s": time.perf_counter() - start, **({"diverged": True} if diverged else {})}
         history.append(metrics)
         if report is not None:
-            report(metrics)
+            report(metrics, state)
+        if diverged:
+            break
     return history
 
 

@@ -18,7 +18,7 @@ def plot_report(report, folder):
     paths = []
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    colors = {"completed": "tab:blue", "pruned": "tab:orange", "failed": "tab:red"}
+    colors = {"completed": "tab:blue", "pruned": "tab:orange", "diverged": "tab:purple", "failed": "tab:red"}
     for state, color in colors.items():
         pts = [(t["number"], t["val_acc"]) for t in trials if t["state"] == state]
         if pts:

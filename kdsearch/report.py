@@ -204,12 +204,12 @@ def _trials_csv(report, path):
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["number", "trial_id", "state", *keys, "val_acc", "epochs_run", "train_s",
-                    "confirmed_val_acc_mean", "confirmed_test_acc_mean", "confirmed_seeds"])
+                    "confirmed_val_acc_mean", "confirmed_test_acc_mean", "confirmed_seeds", "error"])
         for t in report["trials"]:
             e = confirmed.get(t["number"])
             means = [mean_sd(e["val_accs"])[0], mean_sd(e["test_accs"])[0], len(e["seeds"])] if e else ["", "", ""]
             w.writerow([t["number"], t["trial_id"], t["state"], *[t["params"].get(k) for k in keys],
-                        t["val_acc"], t["epochs_run"], round(t["train_s"], 1), *means])
+                        t["val_acc"], t["epochs_run"], round(t["train_s"], 1), *means, t.get("error") or ""])
 
 
 def print_summary(report, written, out=sys.stdout):

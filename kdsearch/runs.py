@@ -3,6 +3,7 @@ import dataclasses
 import sys
 import time
 
+from .errors import UserError
 from .engine import evaluate, new_model, train
 from .models import count_params
 
@@ -26,13 +27,16 @@ def train_or_load(store, kind, key, name, recipe, data, *, seed, teacher_logits=
         return model, {**stored[1], "cached": True}
     log(f"{name}: training {recipe.model} with {recipe.loss} for {recipe.epochs} epochs on {len(data.train)} images")
 
-    def report(m):
+    def report(m, state):
         log(f"{name}: epoch {m['epoch']}/{recipe.epochs} loss {m['train_loss']:.4f} val {m['val_acc']:.2f}% "
             f"({m['time_s']:.0f} s)")
 
     start = time.perf_counter()
     history = train(model, recipe, data.train, seed=seed, view_seed=seed, val=data.val,
                     teacher_logits=teacher_logits, report=report)
+    if history[-1].get("diverged"):
+        raise UserError(f"{name} diverged in epoch {len(history)} (its loss became NaN or infinite) with lr "
+                        f"{recipe.lr}; fix: lower {name}'s lr in the study file")
     row = save_run(store, kind, key, name, model, dataclasses.asdict(recipe), history,
                    evaluate(model, data.test), time.perf_counter() - start)
     return model, {**row, "cached": False}

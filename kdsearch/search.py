@@ -3,8 +3,12 @@
 Checks, Ray, the engine phase, the search, the trials, the confirmation over seeds, the report. The trials are kd_trial
 (trial.py) under Tune (tuner.py); MLflow is tracking.py's."""
 import dataclasses
+import math
 import os
+import shutil
+import sys
 import time
+import uuid
 from pathlib import Path
 
 import torch
@@ -19,22 +23,43 @@ from .errors import UserError
 from .models import count_params
 from .runs import log_stderr
 from .teacher import space_epochs
-from .tuner import build_tuner, first_point, make_searcher, start_ray, stop_ray
+from .state import SearchState
+from .trial import error_line, trial_state
+from .tuner import NUMBER, build_tuner, check_address, first_point, make_searcher, start_ray, stop_ray
 
 
-def run_search(study, study_file, results, name=None, num_samples=None, address=None, log=log_stderr):
-    """The whole study: baselines, search, report. Returns (report, written paths)."""
+def run_search(study, study_file, results, name=None, num_samples=None, address=None, resume=False,
+               log=log_stderr):
+    """The whole study: baselines, search, confirmation, report. Returns (report, written paths).
+
+    resume: go on with the interrupted search of this name (state.py has the rules): the engine's results come
+    from the store, the MLflow parent run and Tune's trials go on where they stopped."""
     t0 = time.time()
     name, results = name or study.name, Path(results).resolve()
     folder = results / name
     search = dataclasses.replace(study.search, num_samples=num_samples or study.search.num_samples)
-    # cheap checks first: a mistake found after the teacher and the baselines costs their hours
+    # cheap checks first, before anything is written: a mistake found after the teacher and the baselines costs
+    # their hours, and one found after creating the MLflow store leaves it behind
     device = pick_device(study.device)
     resources, trial_device = trial_resources(study.resources, search.max_concurrent, device, study_file, address)
     check_source(study.data.source, study.data.path)
+    check_writable(results)
     uri = study.tracking.uri or tracking.default_uri(results)
+    tracking.check_uri(uri, study_file)
+    if address is not None:
+        check_address(address)
+    state = SearchState(folder)
+    described = dataclasses.asdict(dataclasses.replace(study, search=search))
+    record = state.begin(described, resume)
     tracker = tracking.open_tracker(uri, study.tracking.experiment or study.name, results / "mlartifacts")
     dashboard = start_ray(address, log)
+    if record is None:  # a new search: a finished one of the same name is replaced
+        shutil.rmtree(folder / "ray", ignore_errors=True)
+        record = state.write(status="running", search_id=uuid.uuid4().hex, study=described,
+                             command=" ".join(sys.argv[1:]) or "kdsearch search")
+    else:
+        log(f"search: resuming {name!r} ({record['status']} at {record.get('stage', 'the start')})")
+        state.write(status="running")
     status = "FAILED"
     try:
         t_engine = time.time()  # data, teacher, baselines and logits: the clock starts once Ray and MLflow are up
@@ -42,26 +67,30 @@ def run_search(study, study_file, results, name=None, num_samples=None, address=
         rows, table = run_baselines(study.teacher, study.baselines, study.space, study.seed, data, store, log,
                                     need_table=True)
         engine_s = time.time() - t_engine
-        tracker.start_parent(name, study_file, {"num_samples": search.num_samples, "scheduler": search.scheduler,
-                                                "seed": study.seed}, rows)
+        tracker.start_parent(name, record["search_id"], study_file, {
+            "num_samples": search.num_samples, "scheduler": search.scheduler, "seed": study.seed}, rows)
+        state.write(stage="the search")
         kd_ref = study.baselines.kd_reference
         searcher = make_searcher(study.space, search.seed, first_point(study.space, kd_ref, log))
         base = dataclasses.asdict(kd_ref)
         args = _trial_args(data, table, base, study.seed, resources, trial_device)
         tuner = build_tuner(args, resources, searcher, search, space_epochs(study.space, kd_ref), folder,
-                            [tracking.trial_callback(tracker, searcher, list(study.space), log)])
+                            [tracking.trial_callback(tracker, list(study.space), log)], resume)
         t_search = time.time()
         grid = tuner.fit()
         search_s = time.time() - t_search
-        trials = collect_trials(grid, searcher.trials, list(study.space))
+        trials = collect_trials(grid, list(study.space))
+        tracker.end_lost_and_running({t["trial_id"] for t in trials}, "KILLED")
         if not any(t["state"] == "completed" for t in trials):
             raise UserError(f"none of the {len(trials)} trials completed; fix: read the trials' errors in "
-                            f"{folder / 'ray'}/*/error.txt")
+                            f"{folder / 'trials.csv'} and {folder / 'ray'}/*/error.txt")
+        state.write(stage="the confirmation")
         t_confirm = time.time()
         seeds = [study.seed + i for i in range(study.confirm.seeds)]
         confirmed, best, model = confirm(grid, trials, rows, base, seeds, study.confirm.top_k, data, store,
                                          rows[0]["key"], args, resources, search.max_concurrent, tracker, log)
         confirm_s = time.time() - t_confirm
+        state.write(stage="the report")
         report = reports.build(study.name, name, rows, confirmed, best, count_params(model), trials, study.space,
                                tracker.info(), dashboard)
         tracker.log_best(reports.parent_metrics(report), report["best_config"], model, _example_input(data))
@@ -73,11 +102,22 @@ def run_search(study, study_file, results, name=None, num_samples=None, address=
         return report, written
     except KeyboardInterrupt:
         status = "KILLED"
+        if tracker.parent is not None:
+            tracker.end_lost_and_running(None, "KILLED")
         raise
     finally:
         tracker.close_parent(status)
+        state.write(status={"FINISHED": "finished", "KILLED": "interrupted"}.get(status, "failed"))
         if address is None:
             stop_ray()
+
+
+def check_writable(results):
+    """The results folder can be made and written (checked without writing anything)."""
+    existing = next(p for p in [results, *results.parents] if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write the results folder {results} ({existing} is not a writable folder); fix: "
+                        f"give --results a folder you can write")
 
 
 def trial_resources(resources, max_concurrent, device, file, address):
@@ -108,22 +148,29 @@ def _trial_args(data, table, base, seed, resources, device):
                 threads=max(1, int(resources["cpu"])), device=device, num_classes=len(data.classes))
 
 
-def collect_trials(grid, states, names):
-    """One dict per trial, numbered in Optuna's order, with its state from the searcher (completed / pruned /
-    failed) and its per-epoch history."""
+def collect_trials(grid, names):
+    """One dict per trial, numbered in Optuna's order, with its state (trial_state: completed, pruned,
+    diverged or failed, with the first line of its error) and its per-epoch history."""
     trials = []
     for r in grid:
         df, m = r.metrics_dataframe, r.metrics or {}
-        number, state = states.get(m.get("trial_id"), (len(trials), "failed"))  # no result: no trial id to match
         cols = [] if df is None else ["epoch", "val_acc", "train_loss"] + sorted(c for c in df if c.startswith("loss_"))
-        history = [] if df is None else [{c: (int if c == "epoch" else float)(row[c]) for c in cols}
+        history = [] if df is None else [{c: _number(row[c], int if c == "epoch" else float) for c in cols}
                                          for _, row in df.iterrows()]
-        trials.append({"number": number, "trial_id": m.get("trial_id"), "state": "failed" if r.error else state,
+        trials.append({"number": r.config.get(NUMBER, len(trials)), "trial_id": m.get("trial_id"),
+                       "state": trial_state(m, r.error is not None),
+                       "error": error_line(r.error) if r.error is not None else None,
                        "params": {k: r.config[k] for k in names if k in r.config},
                        "val_acc": history[-1]["val_acc"] if history else None, "epochs_run": len(history),
                        "train_s": m.get("time_s", 0.0), "train_start": m.get("train_start"),
                        "train_end": m.get("wall"), "history": history})
     return sorted(trials, key=lambda t: t["number"])
+
+
+def _number(value, kind):
+    """A metric for report.json, which is plain JSON: a diverged trial's NaN loss becomes null."""
+    value = kind(value)
+    return value if math.isfinite(value) else None
 
 
 def _example_input(data):

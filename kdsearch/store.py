@@ -9,6 +9,7 @@ are renamed into place: an interrupted run leaves nothing half-written.
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -32,36 +33,57 @@ def _atomic(path, write):
 
 
 class Store:
-    def __init__(self, root):
-        self.root = Path(root)
+    def __init__(self, root, log=lambda m: print(m, file=sys.stderr)):
+        self.root, self.log = Path(root), log
 
     def _paths(self, kind, key):
         d = self.root / kind
         return d / f"{key}.pt", d / f"{key}.json"
 
     def has_run(self, kind, key):
-        return all(p.exists() for p in self._paths(kind, key))
+        """Whether a sound run is stored (a damaged one is dropped and reported: it will be recomputed)."""
+        return self.load_run(kind, key) is not None
 
     def load_run(self, kind, key):
-        """(state_dict, info) of a stored run, or None."""
+        """(state_dict, info) of a stored run, or None (also for a damaged entry, which is then recomputed)."""
         pt, js = self._paths(kind, key)
         if not (pt.exists() and js.exists()):
             return None
-        info = json.loads(js.read_text())
-        for old, new in (("name", "model"), ("recipe", "config")):  # rows stored before 0.1.1 used the old keys
-            if old in info:
-                info[new] = info.pop(old)
-        return torch.load(pt, map_location="cpu", weights_only=True), info
+        try:
+            info = json.loads(js.read_text())
+            for old, new in (("name", "model"), ("recipe", "config")):  # rows stored before 0.1.1: old keys
+                if old in info:
+                    info[new] = info.pop(old)
+            return self._load(pt), info
+        except Exception as e:  # a truncated or overwritten file fails in many ways; all mean the same
+            return self._damaged(pt, js, e)
+
+    def load_tensor(self, kind, key):
+        pt = self.root / kind / f"{key}.pt"
+        if not pt.exists():
+            return None
+        try:
+            return self._load(pt)
+        except Exception as e:
+            return self._damaged(pt, None, e)
+
+    @staticmethod
+    def _load(pt):
+        return torch.load(pt, map_location="cpu", weights_only=True)
+
+    def _damaged(self, pt, js, error):
+        self.log(f"cache: {pt} is damaged ({type(error).__name__}: {str(error).splitlines()[0][:100]}); "
+                 f"recomputing it")
+        for p in (pt, js):
+            if p is not None:
+                p.unlink(missing_ok=True)
+        return None
 
     def save_run(self, kind, key, model, info):
         pt, js = self._paths(kind, key)
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         _atomic(pt, lambda p: torch.save(state, p))
         _atomic(js, lambda p: p.write_text(json.dumps(info, indent=1)))  # written last: marks the run complete
-
-    def load_tensor(self, kind, key):
-        pt = self.root / kind / f"{key}.pt"
-        return torch.load(pt, map_location="cpu", weights_only=True) if pt.exists() else None
 
     def save_tensor(self, kind, key, tensor):
         _atomic(self.root / kind / f"{key}.pt", lambda p: torch.save(tensor.cpu(), p))

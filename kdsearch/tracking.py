@@ -6,6 +6,7 @@ One experiment per study; one parent run per search (the study file, the baselin
 and the report); one child run per trial, tagged with mlflow.parentRunId, holding its parameters, its per-epoch
 val_acc, train_loss and loss terms (loss_hard, loss_soft for KD), and its final status.
 """
+import math
 import os
 import time
 from pathlib import Path
@@ -21,6 +22,27 @@ from .errors import UserError  # noqa: E402
 
 def default_uri(results):
     return f"sqlite:///{Path(results).resolve() / 'mlflow.db'}"
+
+
+def check_uri(uri, file):
+    """A quick look at the tracking URI before anything is created: a server must answer within 5 s (MLflow's
+    client would retry for minutes), an sqlite or file store must lie in a writable folder."""
+    import urllib.request
+    fix = f"fix: start the server, or correct tracking.uri in {file}"
+    if uri.startswith(("http://", "https://")):
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).close()
+        except Exception as e:
+            raise UserError(f"{file}: tracking.uri {uri}: the MLflow server does not answer ({type(e).__name__}: "
+                            f"{str(e)[:100]}); {fix}") from None
+    elif uri.startswith(("sqlite:///", "file:")) or "://" not in uri:
+        path = Path(uri.split("sqlite:///", 1)[1] if uri.startswith("sqlite:///") else uri.split("file:", 1)[-1])
+        folder = next(p for p in [path.parent, *path.parent.parents] if p.exists())
+        if not os.access(folder, os.W_OK):
+            raise UserError(f"{file}: tracking.uri {uri}: {folder} is not writable; {fix}")
+    elif uri.split("://")[0] not in ("sqlite", "postgresql", "mysql", "mssql", "databricks"):
+        raise UserError(f"{file}: tracking.uri {uri}: unknown scheme {uri.split('://')[0]!r} (use http(s)://, sqlite:///, "
+                        f"file: or a database URI); {fix}")
 
 
 def open_tracker(uri, experiment, artifact_root):
@@ -60,9 +82,23 @@ class Tracker:
         return {"tracking_uri": self.uri, "experiment": self.experiment, "parent_run_id": self.parent,
                 "ui_command": ui_command(self.uri)}
 
-    def start_parent(self, run_name, study_file, params, baseline_rows):
-        """baseline_rows: report rows (model, val_acc, test_acc), logged as <model>_val_acc, <model>_test_acc."""
-        run = self.client.create_run(self.experiment_id, run_name=run_name, tags={"kdsearch.kind": "search"})
+    def start_parent(self, run_name, search_id, study_file, params, baseline_rows):
+        """The search's parent run, or the one an interrupted search of the same `search_id` started (set
+        RUNNING again, with its children, so that a resumed search adds to it and never starts a second).
+        baseline_rows: report rows (model, val_acc, test_acc), logged as <model>_val_acc, <model>_test_acc."""
+        found = self.client.search_runs([self.experiment_id], f"tags.`kdsearch.search_id` = '{search_id}'")
+        if found:
+            self.parent = found[0].info.run_id
+            self.client.update_run(self.parent, status="RUNNING")
+            for run in self._all(f"tags.`mlflow.parentRunId` = '{self.parent}'"):
+                tags = run.data.tags
+                if tags.get("kdsearch.stage") == "search":
+                    self.children[tags["kdsearch.trial_id"]] = run.info.run_id
+                elif tags.get("kdsearch.stage") == "confirm":
+                    self.confirm_runs[(tags["kdsearch.model"], int(run.data.params["seed"]))] = run.info.run_id
+            return self.parent
+        run = self.client.create_run(self.experiment_id, run_name=run_name,
+                                     tags={"kdsearch.kind": "search", "kdsearch.search_id": search_id})
         self.parent = run.info.run_id
         self.client.log_artifact(self.parent, str(study_file))
         for k, v in params.items():
@@ -71,7 +107,25 @@ class Tracker:
         self.client.log_batch(self.parent, metrics=metrics)
         return self.parent
 
+    def _all(self, filter_string):
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs([self.experiment_id], filter_string, max_results=1000, page_token=token)
+            runs += list(page)
+            token = page.token
+            if not token:
+                return runs
+
     def start_trial(self, trial_id, name, params):
+        """A trial's child run; a trial restarted (a retry, a resume) goes on in the run it started. The run is
+        found by its tag, not in memory: after a resume, Tune calls back a copy of this object."""
+        if trial_id not in self.children:
+            for run in self._all(f"tags.`mlflow.parentRunId` = '{self.parent}' and "
+                                 f"tags.`kdsearch.trial_id` = '{trial_id}'"):
+                self.children[trial_id] = run.info.run_id
+        if trial_id in self.children:
+            self.client.update_run(self.children[trial_id], status="RUNNING")
+            return
         run = self.client.create_run(self.experiment_id, run_name=name,
                                      tags={"mlflow.parentRunId": self.parent, "kdsearch.trial_id": trial_id,
                                            "kdsearch.stage": "search"})
@@ -79,24 +133,39 @@ class Tracker:
         self.client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, str(v)) for k, v in params.items()])
 
     def log_epoch(self, trial_id, epoch, metrics):
-        # one call per epoch: each sqlite write is its own transaction
+        # one call per epoch: each sqlite write is its own transaction. NaN (a diverged trial) is not logged.
         ts = int(metrics.get("wall", 0) * 1000)
         names = ["val_acc", "train_loss"] + sorted(k for k in metrics if k.startswith("loss_"))
-        self.client.log_batch(self.children[trial_id],
-                              metrics=[Metric(k, float(metrics[k]), ts, epoch) for k in names])
+        self.client.log_batch(self.children[trial_id], metrics=[
+            Metric(k, float(metrics[k]), ts, epoch) for k in names if math.isfinite(float(metrics[k]))])
 
-    def end_trial(self, trial_id, state):
-        """state: completed, pruned or failed (an MLflow tag; the run status is FINISHED, KILLED or FAILED)."""
+    def end_trial(self, trial_id, state, error=None):
+        """state: completed, pruned, diverged or failed (the tag kdsearch.state; the run status is FINISHED,
+        KILLED or FAILED); error: a failed trial's first line of its error (the tag kdsearch.error)."""
         run_id = self.children.get(trial_id)
         if run_id is None:
             return
         self.client.set_tag(run_id, "kdsearch.state", state)
-        status = {"completed": "FINISHED", "pruned": "KILLED"}.get(state, "FAILED")
-        self.client.set_terminated(run_id, status)
+        if error:
+            self.client.set_tag(run_id, "kdsearch.error", error[:500])
+        self.client.set_terminated(run_id, {"completed": "FINISHED", "pruned": "KILLED"}.get(state, "FAILED"))
 
-    def log_confirm_run(self, model, config, seed, history, test_acc=None, cached=False):
-        """A confirmation run: a child run tagged kdsearch.stage=confirm, with its recipe, seed and per-epoch
-        metrics; test_acc when known (else log_confirm_test adds it at the end of the stage)."""
+    def end_lost_and_running(self, trial_ids, status):
+        """After the search (or on Ctrl-C, trial_ids None): a child run left RUNNING ends with `status`, or is
+        deleted when its trial is not among `trial_ids` (a trial started after Tune's last snapshot before a kill:
+        Tune does not know it on resume and Optuna's restored study does not either), so every trial has one."""
+        for run in self._all(f"tags.`mlflow.parentRunId` = '{self.parent}' and tags.`kdsearch.stage` = 'search' "
+                             f"and attributes.status = 'RUNNING'"):
+            if trial_ids is not None and run.data.tags["kdsearch.trial_id"] not in trial_ids:
+                self.client.delete_run(run.info.run_id)
+            else:
+                self.client.set_terminated(run.info.run_id, status)
+
+    def log_confirm_run(self, model, config, seed, history, test_acc, cached=False):
+        """A confirmation run: a child run tagged kdsearch.stage=confirm, with its recipe, seed, per-epoch
+        metrics and test accuracy. Logged once: a resumed search does not log it again."""
+        if (model, seed) in self.confirm_runs:
+            return
         run = self.client.create_run(self.experiment_id, run_name=f"confirm_{model}_seed{seed}",
                                      tags={"mlflow.parentRunId": self.parent, "kdsearch.stage": "confirm",
                                            "kdsearch.model": model, "kdsearch.cached": str(cached).lower()})
@@ -104,13 +173,8 @@ class Tracker:
         params = [mlflow.entities.Param(k, str(v)) for k, v in {**config, "seed": seed}.items()]
         names = ["val_acc", "train_loss"] + sorted(k for k in history[-1] if k.startswith("loss_"))
         metrics = [Metric(k, float(h[k]), 0, h["epoch"]) for h in history for k in names if h.get(k) is not None]
-        self.client.log_batch(run.info.run_id, params=params, metrics=metrics)
-        if test_acc is not None:
-            self.log_confirm_test(model, seed, test_acc)
+        self.client.log_batch(run.info.run_id, params=params, metrics=metrics + [Metric("test_acc", test_acc, 0, 0)])
         self.client.set_terminated(run.info.run_id, "FINISHED")
-
-    def log_confirm_test(self, model, seed, test_acc):
-        self.client.log_metric(self.confirm_runs[(model, seed)], "test_acc", test_acc)
 
     def log_best(self, best_metrics, best_params, model, input_example):
         """The final summary (means over seeds: step 1, after the study seed's values at step 0), the best
@@ -140,24 +204,41 @@ class Tracker:
             self.client.set_terminated(self.parent, status)
 
 
-def trial_callback(tracker, searcher, space_names, log):
+def trial_callback(tracker, space_names, log):
     """A Tune callback, in the driver, that mirrors each trial into an MLflow child run and prints its epochs.
-    A trial's final state is the searcher's (make_searcher), which Tune updates before calling back."""
+    A trial's final state comes from its last result by trial.trial_state, the rule the searcher follows too."""
     from ray import tune
+
+    from .trial import error_line, trial_state
 
     class TrackTrials(tune.Callback):
         def on_trial_start(self, iteration, trials, trial, **info):
-            tracker.start_trial(trial.trial_id, f"trial_{trial.trial_id}", trial.config)
+            tracker.start_trial(trial.trial_id, f"trial_{trial.trial_id}",
+                                {k: v for k, v in trial.config.items() if k in space_names})
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             tracker.log_epoch(trial.trial_id, result["epoch"], result)
             log(f"trial {trial.trial_id}: epoch {result['epoch']}/{result['epochs']} val {result['val_acc']:.2f}% "
-                + " ".join(f"{k}={trial.config[k]:.4g}" for k in space_names if k in trial.config))
+                + " ".join(f"{k}={trial.config[k]:.4g}" for k in space_names if k in trial.config)
+                + (" DIVERGED (loss NaN or infinite): stopped" if result.get("diverged") else ""))
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            tracker.end_trial(trial.trial_id, searcher.trials.get(trial.trial_id, (None, "failed"))[1])
+            tracker.end_trial(trial.trial_id, trial_state(trial.last_result))
+
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            log(f"trial {trial.trial_id}: failed ({_error(trial)}); retrying from its last checkpoint "
+                f"({trial.num_failures} failure(s) so far)")
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            tracker.end_trial(trial.trial_id, "failed")
+            log(f"trial {trial.trial_id}: failed ({_error(trial)}) after {trial.num_failures} tries; the search "
+                f"goes on")
+            tracker.end_trial(trial.trial_id, "failed", _error(trial))
+
+    def _error(trial):
+        try:
+            text = Path(trial.error_file).read_text().split("Failure #")[1]  # the first failure
+            return error_line(text.split("\n", 1)[1])
+        except (OSError, TypeError, IndexError):
+            return "unknown error"
 
     return TrackTrials()

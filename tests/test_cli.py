@@ -182,3 +182,39 @@ def test_bench_figures_are_honest_measurements_with_their_evidence(tiny_archive,
     n1, n20 = result["kd_trial_img_s_n1"], result["kd_trial_img_s_n20"]
     assert n1 < n20 <= result["kd_img_s"] * 1.001 and n1 <= result["teacher_logits_img_s"] * 1.001
     assert evidence["torch"] in printed["evidence:"]
+
+
+def test_run_time_mistakes_get_one_line_within_30_s_and_write_nothing(tiny_study, tiny_archive, tmp_path):
+    """A wrong --address, an MLflow server that does not answer or a bad tracking.uri, a results folder that
+    cannot be written: each found before Ray, MLflow or a results folder starts."""
+    import socket
+    import time
+    other = subprocess.Popen([sys.executable, "-m", "http.server", "0", "--bind", "127.0.0.1"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # a server that is not Ray
+    try:
+        port = int(other.stdout.readline().split(" port ")[1].split()[0])
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            closed = s.getsockname()[1]  # nothing listens once this socket is closed
+        down, unknown = tmp_path / "down.yaml", tmp_path / "unknown.yaml"
+        down.write_text(tiny_study.read_text() + f"tracking:\n  uri: http://127.0.0.1:{closed}\n")
+        unknown.write_text(tiny_study.read_text() + "tracking:\n  uri: mlfow://typo\n")
+        (tmp_path / "afile").write_text("")
+        search = ("search", tiny_study, "--data", tiny_archive)
+        cases = [
+            ((*search, "--results", tmp_path / "r1", "--address", f"127.0.0.1:{closed}"), "no Ray cluster answers"),
+            ((*search, "--results", tmp_path / "r2", "--address", f"127.0.0.1:{port}"), "not a Ray cluster"),
+            (("search", down, "--data", tiny_archive, "--results", tmp_path / "r3"), "server does not answer"),
+            (("search", unknown, "--data", tiny_archive, "--results", tmp_path / "r4"), "unknown scheme 'mlfow'"),
+            ((*search, "--results", tmp_path / "afile" / "r5"), "cannot write the results folder"),
+        ]
+        for args, message in cases:
+            start = time.time()
+            r = kdsearch(*args, cwd=tmp_path)
+            took = time.time() - start
+            assert r.returncode == 2 and message in r.stderr, (args, r.stderr)
+            assert r.stderr.startswith("kdsearch: error: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr
+            assert took < 30, (args, took)
+        assert not any((tmp_path / f"r{i}").exists() for i in range(1, 6))
+    finally:
+        other.kill()

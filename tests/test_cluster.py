@@ -1,8 +1,10 @@
-"""`kdsearch search --address` joins a running Ray cluster, whose workers need no data files: the data and the
-teacher's logits reach the trials through the object store."""
+"""`kdsearch search --address` on a two-node Ray cluster on loopback: the workers need no data files (the data and
+the teacher's logits reach the trials through the object store), and when the worker node is lost mid-search its
+trials are retried on the head from their checkpoints and the study completes with every trial."""
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -12,46 +14,95 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import TINY_STUDY
-from test_search import SEARCH
+from conftest import TINY_BASE
 
-HEAD = "127.0.0.2:6390"  # a loopback address of its own, so this cluster is told apart from any local Ray
+HEAD = "127.0.0.2:6390"  # loopback addresses of their own, so this cluster is told apart from any local Ray
+WORKER_IP = "127.0.0.3"
+STUDY = TINY_BASE.replace("kd_reference: {epochs: 2,", "kd_reference: {epochs: 4,") + """\
+space:
+  temperature: {type: loguniform, low: 1, high: 20}
+  alpha: {type: uniform, low: 0, high: 1}
+  epochs: {type: int, low: 3, high: 4}
+search:
+  num_samples: 4
+  max_concurrent: 2
+resources:
+  cpu: 1
+confirm:
+  seeds: 1
+"""
 
 
 @pytest.fixture
-def ray_head():
+def cluster():
+    """A head node and a worker node, one CPU each; yields (env, the worker's raylet process)."""
     tmp = tempfile.mkdtemp(prefix="kdray", dir="/tmp")  # short: Ray's socket paths must stay under 108 bytes
     env = {**os.environ, "RAY_TMPDIR": tmp, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     ray = str(Path(sys.executable).with_name("ray"))
-    subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.2", "--port=6390", "--num-cpus=2",
-                    "--memory=2000000000", "--object-store-memory=300000000", "--include-dashboard=false",
-                    "--disable-usage-stats"], env=env, check=True, capture_output=True, timeout=120)
-    yield env
-    # stop only this cluster's processes (`ray stop` would stop every Ray on the machine): raylet first
-    procs = [p for p in psutil.process_iter(["cmdline"]) if tmp in " ".join(p.info["cmdline"] or [])]
-    procs.sort(key=lambda p: "gcs_server" in " ".join(p.info["cmdline"] or []))
-    for p in procs:
-        try:
-            p.terminate()
-            p.wait(10)
-        except psutil.Error:
-            pass
-    for p in psutil.process_iter(["cmdline"]):  # workers of the session, started without the temp path
-        cmd = " ".join(p.info["cmdline"] or [])
-        if "127.0.0.2" in cmd and "ray" in cmd:
-            p.kill()
-    time.sleep(1)
-    shutil.rmtree(tmp, ignore_errors=True)
+    node = ["--num-cpus=1", "--memory=2000000000", "--object-store-memory=200000000", "--disable-usage-stats"]
+    before = {p.pid for p in psutil.process_iter()}
+    try:
+        subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.2", "--port=6390",
+                        "--include-dashboard=false", *node], env=env, check=True, capture_output=True, timeout=120)
+        subprocess.run([ray, "start", f"--address={HEAD}", f"--node-ip-address={WORKER_IP}", *node], env=env,
+                       check=True, capture_output=True, timeout=120)
+        raylet = next(p for p in psutil.process_iter(["cmdline"])
+                      if "raylet" in " ".join(p.info["cmdline"] or [])[:200] and WORKER_IP in
+                      " ".join(p.info["cmdline"] or []))
+        yield env, raylet
+    finally:
+        # stop only what this test started (`ray stop` would stop every Ray on the machine): raylets first
+        mine = [p for p in psutil.process_iter(["cmdline"]) if p.pid not in before and any(
+            s in " ".join(p.info["cmdline"] or []) for s in (tmp, "127.0.0.2", WORKER_IP))]
+        started = {p.pid: p for root in mine for p in [root, *_children(root)]}.values()
+        started = sorted(started, key=lambda p: "gcs_server" in " ".join(_cmdline(p)))
+        for p in started:
+            try:
+                p.send_signal(signal.SIGTERM)
+                p.wait(10)
+            except psutil.Error:
+                try:
+                    p.kill()
+                except psutil.Error:
+                    pass
+        time.sleep(1)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
-def test_search_joins_an_existing_cluster(ray_head, tiny_archive, tmp_path):
+def _children(p):
+    try:
+        return p.children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _cmdline(p):
+    try:
+        return p.cmdline()
+    except psutil.Error:
+        return []
+
+
+def test_search_on_a_cluster_survives_losing_the_worker_node(cluster, tiny_archive, tmp_path):
+    env, raylet = cluster
     study = tmp_path / "tiny.yaml"
-    study.write_text(TINY_STUDY + SEARCH)
-    r = subprocess.run([sys.executable, "-m", "kdsearch", "search", str(study), "--data", str(tiny_archive),
-                        "--results", str(tmp_path / "results"), "--address", HEAD],
-                       cwd=tmp_path, env=ray_head, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert f"ray: joined {HEAD}" in r.stderr
+    study.write_text(STUDY)
+    p = subprocess.Popen([sys.executable, "-m", "kdsearch", "search", str(study), "--data", str(tiny_archive),
+                          "--results", str(tmp_path / "results"), "--address", HEAD], cwd=tmp_path, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log, running = [], set()
+    for line in p.stderr:
+        log.append(line)
+        if line.startswith("trial ") and " epoch " in line:
+            running.add(line.split()[1])
+        if len(running) == 2 and raylet.is_running():
+            raylet.kill()  # the worker node is lost mid-search: two trials run, one on each node's one CPU
+    p.wait(600)
+    err = "".join(log)
+    assert p.returncode == 0, err[-3000:]
+    assert f"ray: joined {HEAD}" in err
+    assert "retrying from its last checkpoint" in err, err[-3000:]  # the lost node's trial, retried on the head
     report = json.loads((tmp_path / "results" / "tiny" / "report.json").read_text())
-    assert report["num_trials"] == 3 and all(t["state"] == "completed" for t in report["trials"])
+    assert sorted(t["number"] for t in report["trials"]) == [0, 1, 2, 3]
+    assert all(t["state"] == "completed" for t in report["trials"])
     assert report["rows"][-1]["model"] == "kd_best"

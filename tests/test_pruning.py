@@ -6,20 +6,27 @@ import sys
 
 from conftest import TINY_BASE
 from kdsearch.config import Param
-from kdsearch.tuner import make_searcher
+from optuna.trial import TrialState
+
+from kdsearch.trial import trial_state
+from kdsearch.tuner import NUMBER, make_searcher
 
 
-def test_a_stopped_trial_is_pruned_and_a_finished_one_complete():
+def test_a_stopped_trial_is_pruned_a_diverged_one_failed_and_a_finished_one_complete():
     s = make_searcher({"lr": Param("loguniform", 1e-4, 1e-2), "epochs": Param("int", 1, 5)}, seed=0)
-    for tid in ("stopped", "finished", "crashed"):
-        s.suggest(tid)
-    assert s.trials == {"stopped": (0, "running"), "finished": (1, "running"), "crashed": (2, "running")}
+    configs = {tid: s.suggest(tid) for tid in ("stopped", "finished", "diverged", "crashed")}
+    assert [c[NUMBER] for c in configs.values()] == [0, 1, 2, 3]  # each trial's config names its Optuna trial
     s.on_trial_result("stopped", {"val_acc": 30.0, "training_iteration": 1, "epoch": 1, "epochs": 4})
     s.on_trial_complete("stopped", {"val_acc": 30.0, "training_iteration": 1, "epoch": 1, "epochs": 4})
     s.on_trial_complete("finished", {"val_acc": 40.0, "training_iteration": 4, "epoch": 4, "epochs": 4})
+    s.on_trial_complete("diverged", {"val_acc": 10.0, "epoch": 2, "epochs": 4, "diverged": True})
     s.on_trial_complete("crashed", None, error=True)
-    # the states are read back from Optuna's study: the 1-epoch score never reached TPE as a result
-    assert s.trials == {"stopped": (0, "pruned"), "finished": (1, "completed"), "crashed": (2, "failed")}
+    # the 1-epoch score never reached TPE as a result, nor did the diverged trial's
+    assert [t.state for t in s._ot_study.get_trials()] == [TrialState.PRUNED, TrialState.COMPLETE,
+                                                          TrialState.FAIL, TrialState.FAIL]
+    assert [trial_state(r, e) for r, e in [({"epoch": 1, "epochs": 4}, False), ({"epoch": 4, "epochs": 4}, False),
+                                           ({"epoch": 2, "epochs": 4, "diverged": True}, False), (None, True)]] \
+        == ["pruned", "completed", "diverged", "failed"]
 
 
 ASHA = """\
@@ -54,3 +61,30 @@ def test_asha_search_records_stopped_trials_as_pruned_everywhere(tiny_archive, t
     report = json.loads((tmp_path / "results" / "tiny" / "report.json").read_text())
     completed = [t for t in report["trials"] if t["state"] == "completed"]
     assert report["best_config"] == max(completed, key=lambda t: t["val_acc"])["params"]
+
+
+def test_asha_rungs_come_back_after_a_resume():
+    """Tune saves the searcher but not the scheduler: keep_scheduler's state, saved with each snapshot, puts
+    ASHA's rungs back, so a resumed trial is judged against the results recorded before the kill."""
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import ASHAScheduler
+
+    from kdsearch.tuner import keep_scheduler
+
+    def asha():
+        return ASHAScheduler(time_attr="epoch", metric="val_acc", mode="max", max_t=4, grace_period=1,
+                             reduction_factor=2)
+
+    before = asha()
+    trials = [Trial("tune_trial", config={}, trial_id=f"t{i}", stub=True) for i in range(3)]
+    for i, t in enumerate(trials):
+        before.on_trial_add(None, t)
+        before.on_trial_result(None, t, {"epoch": 1, "val_acc": 10.0 + i})
+    state = keep_scheduler(before).get_state()
+    after = asha()  # as Tune unpickles it on restore: empty rungs
+    keep_scheduler(after).set_state(state)
+    assert after.debug_string() == before.debug_string() and "Iter 1.000: 11.0" in after.debug_string()
+    # a fourth trial below the rung's cut is stopped, as it would have been without the kill
+    late = Trial("tune_trial", config={}, trial_id="t3", stub=True)
+    after.on_trial_add(None, late)
+    assert after.on_trial_result(None, late, {"epoch": 1, "val_acc": 1.0}) == "STOP"

@@ -126,3 +126,21 @@ def test_runs_stored_with_the_old_row_keys_load_with_the_new_ones(tmp_path):
     store.save_run("runs", "k", model, {"name": "student_ce", "recipe": {"loss": "ce"}, "val_acc": 1.0})
     _, info = store.load_run("runs", "k")
     assert info["model"] == "student_ce" and info["config"] == {"loss": "ce"} and "name" not in info
+
+
+def test_a_damaged_cache_entry_is_named_and_recomputed(data, tmp_path):
+    logs = []
+    store = Store(tmp_path, logs.append)
+    model = new_model("student", 10, 0, torch.device("cpu"))
+    store.save_run("runs", "k", model, {"model": "student_ce", "val_acc": 1.0})
+    pt = tmp_path / "runs" / "k.pt"
+    pt.write_bytes(pt.read_bytes()[:1000])  # a run truncated by a full disk or a copy cut short
+    assert not store.has_run("runs", "k") and store.load_run("runs", "k") is None
+    assert logs[0].startswith(f"cache: {pt} is damaged (") and logs[0].endswith("recomputing it"), logs
+    assert not pt.exists()  # dropped, so the next run stores a sound one
+    teacher = new_model("teacher", 10, 1, torch.device("cpu")).eval()
+    table = teacher_logits(teacher, "t", data, seed=5, epochs=1, store=store, log=logs.append)
+    (table_file,) = (tmp_path / "logits").glob("*.pt")
+    table_file.write_bytes(table_file.read_bytes()[:-100])
+    again = teacher_logits(teacher, "t", data, seed=5, epochs=1, store=store, log=logs.append)
+    assert torch.equal(again, table) and any(f"cache: {table_file} is damaged" in m for m in logs), logs

@@ -1,0 +1,63 @@
+"""Bad trials end alone: one whose loss turns NaN stops at once as diverged, one that raises is retried and then
+failed with its error's first line; the search goes on. Real Ray, Optuna and MLflow, kdsearch's own Tuner."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from kdsearch.baselines import open_study
+from kdsearch.config import Data, Param, Recipe, Search
+from kdsearch.search import _trial_args, collect_trials
+from kdsearch.tracking import open_tracker, trial_callback
+from kdsearch.tuner import build_tuner, make_searcher, start_ray, stop_ray
+
+
+@pytest.fixture(scope="module")
+def searched(tiny_archive, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("failures")
+    logs = []
+    data, _ = open_study(Data(path=str(tiny_archive), val_size=100), 0, 2, torch.device("cpu"),
+                         tmp, logs.append)
+    # a logit table for 1 epoch: a 2-epoch trial raises at its start (the KD loss needs a view per epoch)
+    table = np.random.default_rng(0).normal(size=(1, len(data.train), 10)).astype(np.float32)
+    table = torch.from_numpy(table)
+    space = {"lr": Param("choice", values=[0.001, 1e9]), "epochs": Param("choice", values=[1, 2])}
+    search = Search(num_samples=6, max_concurrent=2, seed=3, max_failures=1)
+    tracker = open_tracker(f"sqlite:///{tmp / 'mlflow.db'}", "failures", tmp / "artifacts")
+    tracker.start_parent("failures", "id0", __file__, {}, [])
+    base = dataclasses.asdict(Recipe(batch_size=64))
+    start_ray(None, logs.append)
+    try:
+        resources = {"cpu": 1, "gpu": 0}
+        tuner = build_tuner(_trial_args(data, table, base, 0, resources, "cpu"), resources,
+                            make_searcher(space, search.seed), search, 2, tmp,
+                            [trial_callback(tracker, list(space), logs.append)])
+        trials = collect_trials(tuner.fit(), list(space))
+    finally:
+        stop_ray()
+    return trials, tracker, logs
+
+
+def test_a_trial_whose_loss_turns_nan_is_diverged_and_the_search_goes_on(searched):
+    trials, tracker, _ = searched
+    assert len(trials) == 6
+    states = {(t["params"]["lr"], t["params"]["epochs"]): t["state"] for t in trials}
+    assert states.get((1e9, 1)) == "diverged" and states.get((0.001, 1)) == "completed", states
+    diverged = next(t for t in trials if t["state"] == "diverged")
+    assert diverged["history"][-1]["train_loss"] is None  # NaN, stopped in its first epoch
+    run = tracker.client.get_run(tracker.children[diverged["trial_id"]])
+    assert run.info.status == "FAILED" and run.data.tags["kdsearch.state"] == "diverged"
+
+
+def test_a_trial_that_raises_is_retried_then_failed_with_its_first_line(searched):
+    trials, tracker, logs = searched
+    failed = [t for t in trials if t["params"]["epochs"] == 2]
+    assert failed and all(t["state"] == "failed" for t in failed)
+    line = "ValueError: the kd loss needs teacher logits for every epoch"
+    assert all(t["error"] == line for t in failed), [t["error"] for t in failed]
+    assert any("retrying from its last checkpoint (1 failure(s) so far)" in m for m in logs), logs
+    assert any(f"failed ({line}) after 2 tries" in m for m in logs), logs
+    runs = tracker.client.search_runs([tracker.experiment_id], "tags.`kdsearch.state` = 'failed'")
+    assert len(runs) == len(failed) and all(r.data.tags["kdsearch.error"] == line for r in runs)
+    assert all(r.info.status == "FAILED" for r in runs)

@@ -1,0 +1,194 @@
+"""A search survives a kill: SIGKILL of the whole process group mid-trial, then --resume, with real Ray, Optuna and
+MLflow. Also the search's run-time refusals (--resume rules, the lock) and a trial that diverges."""
+import csv
+import ipaddress
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from conftest import TINY_BASE
+
+SPACE = """\
+space:
+  temperature: {type: loguniform, low: 1, high: 20}
+  alpha: {type: uniform, low: 0, high: 1}
+  lr: {type: loguniform, low: 0.0001, high: 0.01}
+  epochs: {type: int, low: 3, high: 4}
+search:
+  num_samples: 4
+  max_concurrent: 2
+resources:
+  cpu: 1
+confirm:
+  seeds: 1
+"""
+# kd_reference trains 4 epochs: the first trial (kd_reference's point) is killed in the middle of it
+STUDY = TINY_BASE.replace("kd_reference: {epochs: 2,", "kd_reference: {epochs: 4,") + SPACE
+
+
+def kdsearch(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "kdsearch", *map(str, args)], capture_output=True, text=True,
+                          timeout=600, **kw)
+
+
+def kill_when(args, pattern, log_path, sig=signal.SIGKILL):
+    """Start a search in its own process group and send `sig` to the whole group (as SIGKILL of everything, or
+    Ctrl-C in a terminal) when a stderr line has `pattern`; return (its stderr, its exit status, the listening
+    sockets of the search and every process it started, seen just before)."""
+    with open(log_path, "w") as log:
+        p = subprocess.Popen([sys.executable, "-m", "kdsearch", *map(str, args)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+        for line in p.stderr:
+            log.write(line)
+            if pattern in line:
+                listening = listening_sockets(p.pid)
+                os.killpg(p.pid, sig)
+                break
+        log.write(p.stderr.read())
+        p.wait(60)
+    return open(log_path).read(), p.returncode, listening
+
+
+def listening_sockets(pid):
+    """(process name, address, port) of each listening TCP socket of `pid` and its descendants."""
+    root = psutil.Process(pid)
+    found = set()
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            found |= {(proc.name(), c.laddr.ip, c.laddr.port) for c in proc.net_connections(kind="inet")
+                      if c.status == psutil.CONN_LISTEN}
+        except psutil.Error:
+            pass
+    return found
+
+
+@pytest.fixture(scope="module")
+def resumed(tiny_archive, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("resume")
+    study = tmp / "tiny.yaml"
+    study.write_text(STUDY)
+    args = ["search", study, "--data", tiny_archive, "--results", tmp / "results"]
+    # the first trial is kd_reference's point (T 4.5, alpha 0.8): killed after its 2nd of 4 epochs
+    killed, _, listening = kill_when(args, "epoch 2/4 val", tmp / "killed.log")
+    assert "temperature=4.5 alpha=0.8" in killed.splitlines()[-1], killed[-2000:]
+    refused = kdsearch(*args)
+    other = tmp / "other.yaml"
+    other.write_text(STUDY.replace("num_samples: 4", "num_samples: 4\n  seed: 7"))
+    differs = kdsearch("search", other, *args[2:], "--resume")
+    # resumed, then stopped with Ctrl-C as soon as a trial reports
+    ctrl_c = kill_when([*args, "--resume"], "trial ", tmp / "ctrl_c.log", signal.SIGINT)
+    ctrl_c = (*ctrl_c[:2], json.loads((tmp / "results" / "tiny" / "search.json").read_text())["status"],
+              mlflow_statuses(tmp / "results"))
+    again = kdsearch(*args, "--resume")
+    assert again.returncode == 0, again.stderr[-3000:]
+    return tmp / "results", refused, differs, again, listening, ctrl_c
+
+
+def mlflow_statuses(results):
+    """{run name: status} of every run of the study's experiment."""
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("tiny")
+    return {r.info.run_name: r.info.status for r in client.search_runs([exp.experiment_id], max_results=1000)}
+
+
+def test_ctrl_c_ends_the_runs_killed_and_says_how_to_resume(resumed):
+    stderr, code, status, runs = resumed[-1]
+    assert code == 130 and status == "interrupted", stderr[-2000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("kdsearch: interrupted; nothing finished is lost. To go on: kdsearch search ") and \
+        last.endswith(" --resume"), last
+    assert runs["tiny"] == "KILLED" and "RUNNING" not in runs.values(), runs
+
+
+def test_every_listening_socket_of_a_search_is_on_loopback(resumed):
+    listening = resumed[4]
+    assert any(name.startswith(("gcs_server", "raylet")) for name, _, _ in listening), listening  # Ray's seen
+    def loopback(ip):
+        ip = ipaddress.ip_address(ip)
+        return (getattr(ip, "ipv4_mapped", None) or ip).is_loopback  # ::ffff:127.0.0.1 is 127.0.0.1
+
+    assert all(loopback(ip) for _, ip, _ in listening), listening
+
+
+def test_an_interrupted_search_refuses_without_resume_or_with_another_study(resumed):
+    _, refused, differs = resumed[:3]
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "did not finish (running); fix: add --resume to continue it, or give another --name" in refused.stderr
+    assert differs.returncode == 2 and "the study differs from the interrupted search's at search.seed" in \
+        differs.stderr, differs.stderr
+
+
+def test_the_resumed_search_has_each_trial_once_everywhere(resumed):
+    results, again = resumed[0], resumed[3]
+    report = json.loads((results / "tiny" / "report.json").read_text())
+    trials = report["trials"]
+    assert sorted(t["number"] for t in trials) == [0, 1, 2, 3]  # Optuna's numbers: each trial once
+    assert len({t["trial_id"] for t in trials}) == 4
+    with open(results / "tiny" / "trials.csv") as f:
+        assert sorted(int(r["number"]) for r in csv.DictReader(f)) == [0, 1, 2, 3]
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(report["mlflow"]["tracking_uri"])
+    exp = client.get_experiment_by_name(report["mlflow"]["experiment"])
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("kdsearch.kind") == "search"]
+    assert [p.info.run_id for p in parents] == [report["mlflow"]["parent_run_id"]]  # continued, not a second
+    assert parents[0].info.status == "FINISHED"
+    children = [r for r in runs if r.data.tags.get("kdsearch.stage") == "search"]
+    assert sorted(r.data.tags["kdsearch.trial_id"] for r in children) == sorted(t["trial_id"] for t in trials)
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    assert "search: resuming 'tiny' (interrupted at the search)" in again.stderr
+
+
+def test_the_killed_trial_went_on_from_its_checkpoint_as_if_never_stopped(resumed):
+    results, again = resumed[0], resumed[3]
+    report = json.loads((results / "tiny" / "report.json").read_text())
+    first = next(t for t in report["trials"] if t["number"] == 0)
+    resumed_logs = resumed[-1][0] + again.stderr  # resumed, stopped by Ctrl-C, resumed again
+    lines = [ln for ln in resumed_logs.splitlines() if ln.startswith(f"trial {first['trial_id']}: epoch")]
+    # Tune's last snapshot before the kill holds the checkpoint of epoch 1 or 2: it goes on from there
+    assert lines and lines[0].split()[3] in ("2/4", "3/4"), resumed_logs[-3000:]
+    # the first trial trains kd_reference's recipe with the study's seed: the same run as the baseline
+    reference = next(r for r in report["rows"] if r["model"] == "kd_reference")
+    assert [h["epoch"] for h in first["history"]] == [1, 2, 3, 4]
+    for a, b in zip(first["history"], reference["history"]):
+        assert a["val_acc"] == pytest.approx(b["val_acc"], abs=1e-6)
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+
+
+def test_resume_with_nothing_to_resume_and_a_second_search_while_one_runs(resumed, tiny_archive, tmp_path):
+    results = resumed[0]
+    study = tmp_path / "tiny.yaml"
+    study.write_text(STUDY)
+    start = time.time()
+    done = kdsearch("search", study, "--data", tiny_archive, "--results", results, "--resume")
+    assert done.returncode == 2 and "nothing to resume, the search 'tiny' finished" in done.stderr, done.stderr
+    none = kdsearch("search", study, "--data", tiny_archive, "--results", results, "--resume", "--name", "new")
+    assert none.returncode == 2 and "'new' has not started" in none.stderr, none.stderr
+    assert not (results / "new").exists()
+    import fcntl
+    (results / "busy").mkdir()
+    with open(results / "busy" / ".lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running search holds it
+        busy = kdsearch("search", study, "--data", tiny_archive, "--results", results, "--name", "busy")
+    assert busy.returncode == 2 and "a search named 'busy' is already running" in busy.stderr, busy.stderr
+    assert time.time() - start < 60  # three refusals, each before Ray or MLflow starts
+
+
+def test_every_torch_load_is_weights_only():
+    import ast
+    import kdsearch
+    calls = []
+    for path in Path(kdsearch.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) == "torch.load":
+                calls.append((path.name, {k.arg: ast.unparse(k.value) for k in node.keywords}))
+    assert len(calls) >= 3  # the cache, a teacher checkpoint, a trial checkpoint
+    assert all(kw.get("weights_only") == "True" for _, kw in calls), calls
