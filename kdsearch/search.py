@@ -5,7 +5,7 @@ Checks, Ray, the engine phase, the search, the trials, the confirmation over see
 import dataclasses
 import math
 import os
-import shutil
+import signal
 import sys
 import time
 import uuid
@@ -53,8 +53,7 @@ def run_search(study, study_file, results, name=None, num_samples=None, address=
     record = state.begin(described, resume)
     tracker = tracking.open_tracker(uri, study.tracking.experiment or study.name, results / "mlartifacts")
     dashboard = start_ray(address, log)
-    if record is None:  # a new search: a finished one of the same name is replaced
-        shutil.rmtree(folder / "ray", ignore_errors=True)
+    if record is None:  # a new search (build_tuner replaces the Tune folder of a finished one of this name)
         record = state.write(status="running", search_id=uuid.uuid4().hex, study=described,
                              command=" ".join(sys.argv[1:]) or "kdsearch search")
     else:
@@ -77,7 +76,7 @@ def run_search(study, study_file, results, name=None, num_samples=None, address=
         tuner = build_tuner(args, resources, searcher, search, space_epochs(study.space, kd_ref), folder,
                             [tracking.trial_callback(tracker, list(study.space), log)], resume)
         t_search = time.time()
-        grid = tuner.fit()
+        grid = fit(tuner)
         search_s = time.time() - t_search
         trials = collect_trials(grid, list(study.space))
         tracker.end_lost_and_running({t["trial_id"] for t in trials}, "KILLED")
@@ -110,6 +109,18 @@ def run_search(study, study_file, results, name=None, num_samples=None, address=
         state.write(status={"FINISHED": "finished", "KILLED": "interrupted"}.get(status, "failed"))
         if address is None:
             stop_ray()
+
+
+def fit(tuner):
+    """tuner.fit(), where Ctrl-C raises KeyboardInterrupt after Tune's own graceful stop (trials stopped, a last
+    snapshot written to resume from); Tune's fit() would return as if the search were done."""
+    before = signal.getsignal(signal.SIGINT)
+    grid = tuner.fit()
+    interrupted = signal.getsignal(signal.SIGINT) is before  # Tune puts the old handler back on a stop signal
+    signal.signal(signal.SIGINT, before)  # and leaves its own installed otherwise
+    if interrupted:
+        raise KeyboardInterrupt
+    return grid
 
 
 def check_writable(results):

@@ -41,8 +41,8 @@ def check_uri(uri, file):
         if not os.access(folder, os.W_OK):
             raise UserError(f"{file}: tracking.uri {uri}: {folder} is not writable; {fix}")
     elif uri.split("://")[0] not in ("sqlite", "postgresql", "mysql", "mssql", "databricks"):
-        raise UserError(f"{file}: tracking.uri {uri}: unknown scheme {uri.split('://')[0]!r} (use http(s)://, sqlite:///, "
-                        f"file: or a database URI); {fix}")
+        raise UserError(f"{file}: tracking.uri {uri}: unknown scheme {uri.split('://')[0]!r} (use http(s)://, "
+                        f"sqlite:///, file: or a database URI); {fix}")
 
 
 def open_tracker(uri, experiment, artifact_root):
@@ -84,18 +84,14 @@ class Tracker:
 
     def start_parent(self, run_name, search_id, study_file, params, baseline_rows):
         """The search's parent run, or the one an interrupted search of the same `search_id` started (set
-        RUNNING again, with its children, so that a resumed search adds to it and never starts a second).
+        RUNNING again, with its confirmation runs, so that a resumed search adds to it and never starts a second).
         baseline_rows: report rows (model, val_acc, test_acc), logged as <model>_val_acc, <model>_test_acc."""
         found = self.client.search_runs([self.experiment_id], f"tags.`kdsearch.search_id` = '{search_id}'")
         if found:
             self.parent = found[0].info.run_id
             self.client.update_run(self.parent, status="RUNNING")
-            for run in self._all(f"tags.`mlflow.parentRunId` = '{self.parent}'"):
-                tags = run.data.tags
-                if tags.get("kdsearch.stage") == "search":
-                    self.children[tags["kdsearch.trial_id"]] = run.info.run_id
-                elif tags.get("kdsearch.stage") == "confirm":
-                    self.confirm_runs[(tags["kdsearch.model"], int(run.data.params["seed"]))] = run.info.run_id
+            for run in self._all(f"tags.`mlflow.parentRunId` = '{self.parent}' and tags.`kdsearch.stage` = 'confirm'"):
+                self.confirm_runs[(run.data.tags["kdsearch.model"], int(run.data.params["seed"]))] = run.info.run_id
             return self.parent
         run = self.client.create_run(self.experiment_id, run_name=run_name,
                                      tags={"kdsearch.kind": "search", "kdsearch.search_id": search_id})

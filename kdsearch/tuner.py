@@ -1,7 +1,9 @@
 """Ray and the Tuner: a local Ray on loopback (or a joined cluster), the Optuna searcher, the Tuner.
 
 Ray is imported inside functions only: start_ray sets the environment that Ray reads when it is imported."""
+import glob
 import os
+import shutil
 import tempfile
 
 from .errors import UserError
@@ -11,9 +13,7 @@ from .trial import kd_trial, trial_state
 def start_ray(address, log):
     """Join `address`, or start a local Ray on 127.0.0.1 with the dashboard; return the dashboard URL."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # Ctrl-C raises KeyboardInterrupt at once (Tune's own handler would end the search as if it were done)
-    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # with verbose=0: no progress tables; we print our own lines
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no progress tables; we print our own lines
     # a forced experiment snapshot per checkpoint is expected here (num_to_keep=1); do not warn about it
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if address is None:
@@ -203,8 +203,10 @@ def build_tuner(trial_args, resources, searcher, search, max_epochs, folder, cal
 
     trainable = tune.with_resources(tune.with_parameters(tune_trial, **trial_args), resources)
     path = os.path.join(folder, "ray")
-    if resume and tune.Tuner.can_restore(path):
+    # a kill between the Tuner's creation and Tune's first snapshot leaves tuner.pkl but no state to restore
+    if resume and tune.Tuner.can_restore(path) and glob.glob(os.path.join(path, "experiment_state-*.json")):
         return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False)
+    shutil.rmtree(path, ignore_errors=True)
     scheduler = None
     if search.scheduler == "asha":
         scheduler = ASHAScheduler(time_attr="epoch", metric="val_acc", mode="max", max_t=max_epochs,

@@ -14,25 +14,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import TINY_BASE
+from test_resume import STUDY  # the first trial is kd_reference's point, 4 epochs
 
 HEAD = "127.0.0.2:6390"  # loopback addresses of their own, so this cluster is told apart from any local Ray
 WORKER_IP = "127.0.0.3"
-STUDY = TINY_BASE.replace("kd_reference: {epochs: 2,", "kd_reference: {epochs: 4,") + """\
-space:
-  temperature: {type: loguniform, low: 1, high: 20}
-  alpha: {type: uniform, low: 0, high: 1}
-  epochs: {type: int, low: 3, high: 4}
-search:
-  num_samples: 4
-  max_concurrent: 2
-resources:
-  cpu: 1
-confirm:
-  seeds: 1
-"""
-
-
 @pytest.fixture
 def cluster():
     """A head node and a worker node, one CPU each; yields (env, the worker's raylet process)."""

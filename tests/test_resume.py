@@ -13,14 +13,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import TINY_BASE
+from conftest import TINY_BASE, TINY_SPACE
 
-SPACE = """\
-space:
-  temperature: {type: loguniform, low: 1, high: 20}
-  alpha: {type: uniform, low: 0, high: 1}
-  lr: {type: loguniform, low: 0.0001, high: 0.01}
-  epochs: {type: int, low: 3, high: 4}
+SEARCH = """\
 search:
   num_samples: 4
   max_concurrent: 2
@@ -30,7 +25,8 @@ confirm:
   seeds: 1
 """
 # kd_reference trains 4 epochs: the first trial (kd_reference's point) is killed in the middle of it
-STUDY = TINY_BASE.replace("kd_reference: {epochs: 2,", "kd_reference: {epochs: 4,") + SPACE
+STUDY = (TINY_BASE.replace("kd_reference: {epochs: 2,", "kd_reference: {epochs: 4,")
+         + TINY_SPACE.replace("epochs: {type: int, low: 1, high: 2}", "epochs: {type: int, low: 3, high: 4}") + SEARCH)
 
 
 def kdsearch(*args, **kw):
@@ -40,19 +36,21 @@ def kdsearch(*args, **kw):
 
 def kill_when(args, pattern, log_path, sig=signal.SIGKILL):
     """Start a search in its own process group and send `sig` to the whole group (as SIGKILL of everything, or
-    Ctrl-C in a terminal) when a stderr line has `pattern`; return (its stderr, its exit status, the listening
+    Ctrl-C in a terminal) when a stderr line has every string of `pattern`; return (its stderr, its exit status, the listening
     sockets of the search and every process it started, seen just before)."""
+    listening = None
     with open(log_path, "w") as log:
         p = subprocess.Popen([sys.executable, "-m", "kdsearch", *map(str, args)], stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True, start_new_session=True)
         for line in p.stderr:
             log.write(line)
-            if pattern in line:
+            if all(part in line for part in pattern):
                 listening = listening_sockets(p.pid)
                 os.killpg(p.pid, sig)
                 break
         log.write(p.stderr.read())
         p.wait(60)
+    assert listening is not None, f"no line with {pattern}: " + open(log_path).read()[-2000:]
     return open(log_path).read(), p.returncode, listening
 
 
@@ -76,14 +74,13 @@ def resumed(tiny_archive, tmp_path_factory):
     study.write_text(STUDY)
     args = ["search", study, "--data", tiny_archive, "--results", tmp / "results"]
     # the first trial is kd_reference's point (T 4.5, alpha 0.8): killed after its 2nd of 4 epochs
-    killed, _, listening = kill_when(args, "epoch 2/4 val", tmp / "killed.log")
-    assert "temperature=4.5 alpha=0.8" in killed.splitlines()[-1], killed[-2000:]
+    _, _, listening = kill_when(args, ("epoch 2/4 val", "temperature=4.5 alpha=0.8"), tmp / "killed.log")
     refused = kdsearch(*args)
     other = tmp / "other.yaml"
     other.write_text(STUDY.replace("num_samples: 4", "num_samples: 4\n  seed: 7"))
     differs = kdsearch("search", other, *args[2:], "--resume")
     # resumed, then stopped with Ctrl-C as soon as a trial reports
-    ctrl_c = kill_when([*args, "--resume"], "trial ", tmp / "ctrl_c.log", signal.SIGINT)
+    ctrl_c = kill_when([*args, "--resume"], ("trial ",), tmp / "ctrl_c.log", signal.SIGINT)
     ctrl_c = (*ctrl_c[:2], json.loads((tmp / "results" / "tiny" / "search.json").read_text())["status"],
               mlflow_statuses(tmp / "results"))
     again = kdsearch(*args, "--resume")
@@ -132,6 +129,8 @@ def test_the_resumed_search_has_each_trial_once_everywhere(resumed):
     trials = report["trials"]
     assert sorted(t["number"] for t in trials) == [0, 1, 2, 3]  # Optuna's numbers: each trial once
     assert len({t["trial_id"] for t in trials}) == 4
+    # the sampler's random state came back: no proposal after the resume repeats one from before it
+    assert len({json.dumps(t["params"], sort_keys=True) for t in trials}) == 4
     with open(results / "tiny" / "trials.csv") as f:
         assert sorted(int(r["number"]) for r in csv.DictReader(f)) == [0, 1, 2, 3]
     from mlflow.tracking import MlflowClient
