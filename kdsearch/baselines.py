@@ -2,10 +2,10 @@
 
 The baselines are the notebook's MSE student, a CE student and KD with the notebook's settings; each is made
 once and stored."""
-import dataclasses
 import time
 from pathlib import Path
 
+from .config import key_fields
 from .data import load_arrays, prepare
 from .errors import UserError
 from .engine import set_threads
@@ -36,7 +36,7 @@ def open_study(cfg, seed, threads, device, results, log=log_stderr):
 
 def run_key(recipe, data, seed, teacher_key=None):
     """Everything that determines a student run; runs that read the teacher also depend on it."""
-    return make_key("run", dataclasses.asdict(recipe), data.key, seed,
+    return make_key("run", key_fields(recipe), data.key, seed,
                     teacher_key if recipe.loss in NEEDS_TEACHER else None)
 
 

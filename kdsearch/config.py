@@ -28,6 +28,14 @@ class Recipe:
     batch_size: int = rule(256, ge=1)
     temperature: float = rule(4.5, gt=0)  # KD only: softmax temperature T
     alpha: float = rule(0.8, ge=0, le=1)  # KD only: weight of the hard-label CE term; 1 - alpha weighs the KL
+    beta: typing.Optional[float] = rule(None, ge=0)  # dkd: NCKD's weight (null: 8); dist: inter-class (null: 1)
+    gamma: typing.Optional[float] = rule(None, ge=0)  # dist only: the intra-class term's weight (null: 1)
+
+
+def key_fields(recipe):
+    """A recipe as a dict for cache keys: beta and gamma are left out while null, so that every run stored before
+    they existed keeps its key (and is not trained again)."""
+    return {k: v for k, v in dataclasses.asdict(recipe).items() if not (k in ("beta", "gamma") and v is None)}
 
 
 def _teacher_recipe():
@@ -200,6 +208,12 @@ def load_study(path, overrides=None):
     if ref.loss != "kd" or ref.model != "student":
         raise UserError(f"{path}: baselines.kd_reference: must be KD of the student (loss: kd, model: student), as "
                         f"every trial starts from it; fix: edit baselines.kd_reference in {path}")
+    for name in ("student_mse", "student_ce", "kd_reference"):
+        recipe = getattr(study.baselines, name)
+        for key, losses in (("beta", ("dkd", "dist")), ("gamma", ("dist",))):
+            if getattr(recipe, key) is not None and recipe.loss not in losses:
+                raise UserError(f"{path}: baselines.{name}.{key}: the {recipe.loss} loss takes no {key} (only "
+                                f"{' and '.join(losses)}); fix: remove baselines.{name}.{key} from {path}")
     ckpt = study.teacher.checkpoint
     if ckpt and not Path(ckpt).expanduser().is_file():
         raise UserError(f"{path}: teacher.checkpoint: {ckpt} does not exist; fix: give the path of a TeacherNet "

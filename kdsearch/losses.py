@@ -4,6 +4,7 @@
 returns `fn(student_logits, labels, teacher_logits) -> (loss, parts)`, where `parts` maps each term of the loss to
 its detached value, unweighted, so that a run can log how its terms move (the alpha/T trade-off of KD).
 """
+import torch
 import torch.nn.functional as F
 
 
@@ -45,8 +46,90 @@ def kd(recipe):
     return fn
 
 
-LOSSES = {"ce": ce, "mse": mse, "kd": kd}
-NEEDS_TEACHER = {"kd"}  # losses that read the teacher's logits
+def _kl(log_p_student, p_teacher):
+    """KL(teacher || student) per sample, summed over classes."""
+    return F.kl_div(log_p_student, p_teacher, reduction="none").sum(1)
+
+
+def kd_ls(recipe):
+    """KD on logit-standardised logits (Sun et al., "Logit Standardization in Knowledge Distillation", CVPR 2024):
+
+        loss = alpha * CE(s, y) + (1 - alpha) * T^2 * KL(softmax(z(t) / T) || softmax(z(s) / T)),
+        z(x) = (x - mean(x)) / (std(x) + 1e-7), per sample over the classes (std unbiased, as the authors' code)
+
+    so the student matches the shape of the teacher's logits, not their scale: invariant to shifting and scaling
+    either's logits. Paper's defaults: T 2, distillation weight 9 to CE 1 (alpha 0.1). parts: hard, soft.
+    """
+    T, alpha = recipe.temperature, recipe.alpha
+
+    def z(x):
+        return (x - x.mean(1, keepdim=True)) / (x.std(1, keepdim=True) + 1e-7)
+
+    def fn(logits, labels, teacher_logits):
+        hard = F.cross_entropy(logits, labels)
+        soft = T * T * _kl(F.log_softmax(z(logits) / T, dim=1), F.softmax(z(teacher_logits) / T, dim=1)).mean()
+        return alpha * hard + (1 - alpha) * soft, {"hard": hard.detach(), "soft": soft.detach()}
+    return fn
+
+
+def dkd(recipe):
+    """Decoupled KD (Zhao et al., "Decoupled Knowledge Distillation", CVPR 2022), at temperature T:
+
+        loss = alpha * CE(s, y) + (1 - alpha) * (TCKD + beta * NCKD)
+        TCKD = T^2 * KL(b(t) || b(s)), b = (p_target, 1 - p_target) of softmax(x / T)
+        NCKD = T^2 * KL(softmax over the non-target classes of t / T || the same of s / T)
+
+    (the target logit masked out by subtracting 1000, as mdistiller). Per sample, Hinton's KD is
+    TCKD + (1 - p_target(teacher)) * NCKD: DKD frees NCKD from that weight. Defaults: T 4, beta 8 (recipe.beta
+    None); mdistiller's CE 1, TCKD 1, NCKD 8 is alpha 0.5 here. parts: hard, tckd, nckd.
+    """
+    T, alpha, beta = recipe.temperature, recipe.alpha, 8.0 if recipe.beta is None else recipe.beta
+
+    def fn(logits, labels, teacher_logits):
+        hard = F.cross_entropy(logits, labels)
+        target = F.one_hot(labels, logits.shape[1]).bool()
+        p_s, p_t = F.softmax(logits / T, dim=1), F.softmax(teacher_logits / T, dim=1)
+        b_s = torch.stack([p_s[target], 1 - p_s[target]], 1).clamp_min(1e-12)
+        b_t = torch.stack([p_t[target], 1 - p_t[target]], 1)
+        tckd = T * T * _kl(b_s.log(), b_t).mean()
+        nckd = T * T * _kl(F.log_softmax(logits / T - 1000.0 * target, dim=1),
+                           F.softmax(teacher_logits / T - 1000.0 * target, dim=1)).mean()
+        loss = alpha * hard + (1 - alpha) * (tckd + beta * nckd)
+        return loss, {"hard": hard.detach(), "tckd": tckd.detach(), "nckd": nckd.detach()}
+    return fn
+
+
+def dist(recipe):
+    """DIST (Huang et al., "Knowledge Distillation from A Stronger Teacher", NeurIPS 2022): correlation, not
+    exact match, between p_s = softmax(s / T) and p_t = softmax(t / T):
+
+        loss = alpha * CE(s, y) + (1 - alpha) * T^2 * (beta * inter + gamma * intra)
+        inter = 1 - mean over samples of pearson(p_s[i, :], p_t[i, :])   (across classes)
+        intra = 1 - mean over classes of pearson(p_s[:, c], p_t[:, c])   (across the batch)
+
+    pearson(a, b) = <a - mean a, b - mean b> / (|a - mean a| |b - mean b| + 1e-8), as the authors' code.
+    Defaults: T 1, beta 1, gamma 1 (recipe.beta / recipe.gamma None). parts: hard, inter, intra.
+    """
+    T, alpha = recipe.temperature, recipe.alpha
+    beta = 1.0 if recipe.beta is None else recipe.beta
+    gamma = 1.0 if recipe.gamma is None else recipe.gamma
+
+    def pearson(a, b):
+        a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+        return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + 1e-8)
+
+    def fn(logits, labels, teacher_logits):
+        hard = F.cross_entropy(logits, labels)
+        p_s, p_t = F.softmax(logits / T, dim=1), F.softmax(teacher_logits / T, dim=1)
+        inter = T * T * (1 - pearson(p_s, p_t).mean())
+        intra = T * T * (1 - pearson(p_s.t(), p_t.t()).mean())
+        loss = alpha * hard + (1 - alpha) * (beta * inter + gamma * intra)
+        return loss, {"hard": hard.detach(), "inter": inter.detach(), "intra": intra.detach()}
+    return fn
+
+
+LOSSES = {"ce": ce, "mse": mse, "kd": kd, "kd_ls": kd_ls, "dkd": dkd, "dist": dist}
+NEEDS_TEACHER = {"kd", "kd_ls", "dkd", "dist"}  # losses that read the teacher's logits
 
 
 def make_loss(recipe):

@@ -6,7 +6,6 @@ Because the view of image i in epoch e depends only on (study seed, e, i) (augme
 logits[e, i] = teacher(view(seed, e, i)) is exact for every KD run of the study, whatever its batch order. The
 teacher's cost per study is therefore one training plus (max epochs) inference passes over the training split.
 """
-import dataclasses
 import hashlib
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import torch
 
 from .augment import augmented_views
+from .config import key_fields
 from .engine import evaluate, new_model, predict
 from .errors import UserError
 from .losses import NEEDS_TEACHER
@@ -40,7 +40,7 @@ def get_teacher(recipe, seed, data, store, log=log_stderr):
         else:
             row = stored[1]
         return model, {**row, "cached": True}, key
-    fields = {k: v for k, v in dataclasses.asdict(recipe).items() if k != "checkpoint"}
+    fields = {k: v for k, v in key_fields(recipe).items() if k != "checkpoint"}
     key = make_key("teacher", fields, data.key, seed)
     model, row = train_or_load(store, "teacher", key, "teacher", recipe, data, seed=seed, log=log)
     return model, row, key

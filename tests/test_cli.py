@@ -48,7 +48,7 @@ BAD_STUDIES = [
     ("name: x\nteacher:\n  epochs: 0\n", "teacher.epochs: must be >= 1"),
     ("name: x\nteacher:\n  epochs: ten\n", "teacher.epochs: must be an int"),
     ("name: x\ndata:\n  val_size: true\n", "data.val_size: must be an int"),
-    ("name: x\nbaselines:\n  student_ce:\n    loss: hinge\n", "baselines.student_ce.loss: must be one of ce, kd, mse"),
+    ("name: x\nbaselines:\n  student_ce:\n    loss: hinge\n", "baselines.student_ce.loss: must be one of ce, dist, dkd, kd, kd_ls, mse"),
     ("seed: 1\n", "name: required key is missing"),
     ("name: x\nteacher: [1, 2]\n", "teacher: must be a mapping"),
     ("name: [x\n", "not valid YAML at line"),
@@ -80,6 +80,10 @@ BAD_STUDIES = [
     ("name: ..\n", "name: must be letters, digits"),
     ("name: x\nbaselines:\n  kd_reference:\n    loss: ce\n", "baselines.kd_reference: must be KD of the student"),
     ("name: x\nteacher:\n  checkpoint: nowhere/teacher.pt\n", "teacher.checkpoint: nowhere/teacher.pt does not exist"),
+    ("name: x\nsearch:\n  max_failures: -1\n", "search.max_failures: must be >= 0"),
+    ("name: x\nbaselines:\n  student_ce: {loss: kd, beta: 2}\n", "student_ce.beta: the kd loss takes no beta"),
+    ("name: x\nbaselines:\n  student_ce: {loss: dkd, gamma: 1}\n", "student_ce.gamma: the dkd loss takes no gamma"),
+    ("name: x\nbaselines:\n  student_ce: {loss: dist, beta: -1}\n", "baselines.student_ce.beta: must be >= 0"),
 ]
 
 

@@ -36,8 +36,8 @@ def kdsearch(*args, **kw):
 
 def kill_when(args, pattern, log_path, sig=signal.SIGKILL):
     """Start a search in its own process group and send `sig` to the whole group (as SIGKILL of everything, or
-    Ctrl-C in a terminal) when a stderr line has every string of `pattern`; return (its stderr, its exit status, the listening
-    sockets of the search and every process it started, seen just before)."""
+    Ctrl-C in a terminal) when a stderr line has every string of `pattern`; return (its stderr, its exit status,
+    the listening sockets of the search and every process it started, seen just before)."""
     listening = None
     with open(log_path, "w") as log:
         p = subprocess.Popen([sys.executable, "-m", "kdsearch", *map(str, args)], stdout=subprocess.DEVNULL,
