@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
-from .losses import LOSSES
+from .losses import LOSSES, NEEDS_TEACHER
 from .models import MODELS
 from .validation import check, from_dict, rule
 
@@ -70,7 +70,9 @@ class Data:
 
 
 NAME_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_.-]*"  # a plain folder name: no path separators, no leading dot
-SEARCHABLE = ("temperature", "alpha", "lr", "epochs", "weight_decay", "batch_size")  # Recipe fields a space may hold
+SEARCHABLE = ("loss", "temperature", "alpha", "beta", "gamma", "lr", "epochs", "weight_decay",
+              "batch_size")  # Recipe fields a space may hold
+LOSS_PARAMS = {"beta": ("dkd", "dist"), "gamma": ("dist",)}  # recipe values that only some losses take
 
 
 @dataclass
@@ -81,6 +83,8 @@ class Param:
     high: typing.Optional[float] = None
     step: typing.Optional[int] = rule(None, ge=1)  # int only: the grid step from low
     values: typing.Optional[list] = None  # choice only
+    losses: typing.Optional[list] = None  # with a searched loss: the losses this value belongs to (default: all
+    # that take it), so that a trial of another loss neither draws nor shows it
 
 
 def _default_space():
@@ -155,7 +159,40 @@ def _space(raw, file, key):
                 raise UserError(f"{file}: {at}.low: must be > 0 for loguniform (got {p.low}); fix: raise it "
                                 f"or use uniform")
         space[name] = p
+    _conditions(space, file, key)
     return space
+
+
+def _conditions(space, file, key):
+    """A searched loss is a choice of distillation losses; every other value belongs to the losses that take it
+    (Param.losses, filled in when not given). Without a searched loss, every value must suit kd_reference's kd."""
+    families = space["loss"].values if "loss" in space else None
+    if "loss" in space and (space["loss"].type != "choice" or not set(families) <= NEEDS_TEACHER):
+        raise UserError(f"{file}: {key}.loss: must be a choice of distillation losses "
+                        f"({', '.join(sorted(NEEDS_TEACHER))}), got {space['loss'].type} {families or ''}; fix: "
+                        f"edit {key}.loss in {file}")
+    for name, p in space.items():
+        at, takes = f"{key}.{name}", LOSS_PARAMS.get(name)
+        if name == "loss":
+            continue
+        if families is None:
+            if p.losses is not None:
+                raise UserError(f"{file}: {at}.losses: only with a searched {key}.loss; fix: add {key}.loss or "
+                                f"remove {at}.losses")
+            if takes:
+                raise UserError(f"{file}: {at}: kd_reference's kd loss takes no {name} (only "
+                                f"{' and '.join(takes)}); fix: search {key}.loss with {' or '.join(takes)}, or "
+                                f"remove {at}")
+            continue
+        for loss in p.losses or ():
+            if loss not in families or (takes and loss not in takes):
+                why = f"not among {key}.loss.values" if loss not in families else f"the {loss} loss takes no {name}"
+                raise UserError(f"{file}: {at}.losses: {loss}: {why}; fix: edit {at}.losses in {file}")
+        if p.losses is None and takes:
+            p.losses = [loss for loss in families if loss in takes]
+            if not p.losses:
+                raise UserError(f"{file}: {at}: none of {key}.loss.values takes {name} (only "
+                                f"{' and '.join(takes)}); fix: add one of them to {key}.loss, or remove {at}")
 
 
 @dataclass

@@ -40,8 +40,9 @@ def plot_report(report, folder):
     if names:
         fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.2), squeeze=False)
         for ax, name in zip(axes[0], names):
-            xs = [t["params"][name] for t in trials]
-            ax.scatter(xs, [t["val_acc"] for t in trials], c=[colors.get(t["state"], "k") for t in trials], s=20)
+            having = [t for t in trials if name in t["params"]]  # a value some losses do not take
+            ax.scatter([t["params"][name] for t in having], [t["val_acc"] for t in having],
+                       c=[colors.get(t["state"], "k") for t in having], s=20)
             if report["space"].get(name, {}).get("type") == "loguniform":
                 ax.set_xscale("log")
                 ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels overlap

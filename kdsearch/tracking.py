@@ -200,6 +200,10 @@ class Tracker:
             self.client.set_terminated(self.parent, status)
 
 
+def _short(value):
+    return f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
+
+
 def trial_callback(tracker, space_names, log):
     """A Tune callback, in the driver, that mirrors each trial into an MLflow child run and prints its epochs.
     A trial's final state comes from its last result by trial.trial_state, the rule the searcher follows too."""
@@ -215,7 +219,7 @@ def trial_callback(tracker, space_names, log):
         def on_trial_result(self, iteration, trials, trial, result, **info):
             tracker.log_epoch(trial.trial_id, result["epoch"], result)
             log(f"trial {trial.trial_id}: epoch {result['epoch']}/{result['epochs']} val {result['val_acc']:.2f}% "
-                + " ".join(f"{k}={trial.config[k]:.4g}" for k in space_names if k in trial.config)
+                + " ".join(f"{k}={_short(trial.config[k])}" for k in space_names if k in trial.config)
                 + (" DIVERGED (loss NaN or infinite): stopped" if result.get("diverged") else ""))
 
         def on_trial_complete(self, iteration, trials, trial, **info):

@@ -85,13 +85,38 @@ def optuna_space(space):
     return out
 
 
+class ConditionalSpace:
+    """Optuna's define-by-run space for a searched loss: the loss first, then each value its loss takes
+    (Param.losses), so that TPE sees a conditional space and no trial draws or shows a value its loss ignores.
+    A module-level class: Tune saves the searcher's state, this included, with plain pickle."""
+
+    def __init__(self, space):
+        self.space = space
+
+    def __call__(self, trial):
+        loss = trial.suggest_categorical("loss", self.space["loss"].values)
+        for name, p in self.space.items():
+            if name == "loss" or (p.losses is not None and loss not in p.losses):
+                continue
+            if p.type == "choice":
+                trial.suggest_categorical(name, p.values)
+            elif p.type == "int":
+                trial.suggest_int(name, int(p.low), int(p.high), step=p.step or 1)
+            else:
+                trial.suggest_float(name, p.low, p.high, log=p.type == "loguniform")
+
+
 def first_point(space, kd_reference, log):
     """kd_reference's settings (by default the notebook's T 4.5, alpha 0.8, lr 1e-3), moved to the nearest
     point of the space, so that the first trial is the reference."""
     point = {}
-    for name, p in space.items():
-        value = getattr(kd_reference, name)
-        if p.type == "choice":
+    for name in sorted(space, key=lambda n: n != "loss"):  # the loss first: the other values depend on it
+        p, value = space[name], getattr(kd_reference, name)
+        if value is None or (p.losses is not None and point.get("loss", kd_reference.loss) not in p.losses):
+            continue  # not a value of the first trial's loss (or kd_reference has none: Optuna draws it)
+        if p.type == "choice" and value not in p.values and isinstance(value, str):
+            clipped = p.values[0]
+        elif p.type == "choice":
             clipped = value if value in p.values else min(p.values, key=lambda v: abs(v - value))
         else:
             clipped = min(max(value, p.low), p.high)
@@ -134,7 +159,9 @@ def make_searcher(space, seed, first=None):
                 return
             super().on_trial_complete(trial_id, result, error)
 
-    return Searcher(space=optuna_space(space), metric="val_acc", mode="max", seed=seed,
+    conditional = "loss" in space
+    return Searcher(space=ConditionalSpace(space) if conditional else optuna_space(space), metric="val_acc",
+                    mode="max", seed=seed,
                     points_to_evaluate=[first] if first else None)
 
 

@@ -1,5 +1,6 @@
 """Bad trials end alone: one whose loss turns NaN stops at once as diverged, one that raises is retried and then
-failed with its error's first line; the search goes on. Real Ray, Optuna and MLflow, kdsearch's own Tuner."""
+failed with its error's first line; the search goes on. Real Ray, Optuna and MLflow, kdsearch's own Tuner. The
+space also searches the loss family (kd or dist, dist with its own gamma): a conditional space end to end."""
 import dataclasses
 
 import numpy as np
@@ -22,8 +23,9 @@ def searched(tiny_archive, tmp_path_factory):
     # a logit table for 1 epoch: a 2-epoch trial raises at its start (the KD loss needs a view per epoch)
     table = np.random.default_rng(0).normal(size=(1, len(data.train), 10)).astype(np.float32)
     table = torch.from_numpy(table)
-    space = {"lr": Param("choice", values=[0.001, 1e9]), "epochs": Param("choice", values=[1, 2])}
-    search = Search(num_samples=6, max_concurrent=2, seed=3, max_failures=1)
+    space = {"loss": Param("choice", values=["kd", "dist"]), "lr": Param("choice", values=[0.001, 1e9]),
+             "epochs": Param("choice", values=[1, 2]), "gamma": Param("uniform", 0.5, 2.0, losses=["dist"])}
+    search = Search(num_samples=6, max_concurrent=2, seed=1, max_failures=1)  # seeded: every case below occurs
     tracker = open_tracker(f"sqlite:///{tmp / 'mlflow.db'}", "failures", tmp / "artifacts")
     tracker.start_parent("failures", "id0", __file__, {}, [])
     base = dataclasses.asdict(Recipe(batch_size=64))
@@ -50,14 +52,25 @@ def test_a_trial_whose_loss_turns_nan_is_diverged_and_the_search_goes_on(searche
     assert run.info.status == "FAILED" and run.data.tags["kdsearch.state"] == "diverged"
 
 
+def test_a_trial_of_each_loss_carries_only_the_values_its_loss_takes(searched):
+    trials, tracker, _ = searched
+    assert {t["params"]["loss"] for t in trials} == {"kd", "dist"}
+    for t in trials:
+        assert ("gamma" in t["params"]) == (t["params"]["loss"] == "dist"), t["params"]
+    done = next(t for t in trials if t["state"] == "completed")
+    logged = tracker.client.get_run(tracker.children[done["trial_id"]]).data.params
+    assert set(logged) == set(done["params"]), logged  # nor does MLflow show a value the loss ignores
+
+
 def test_a_trial_that_raises_is_retried_then_failed_with_its_first_line(searched):
     trials, tracker, logs = searched
     failed = [t for t in trials if t["params"]["epochs"] == 2]
     assert failed and all(t["state"] == "failed" for t in failed)
-    line = "ValueError: the kd loss needs teacher logits for every epoch"
-    assert all(t["error"] == line for t in failed), [t["error"] for t in failed]
+    lines = {f"ValueError: the {t['params']['loss']} loss needs teacher logits for every epoch" for t in failed}
+    assert all(t["error"] == f"ValueError: the {t['params']['loss']} loss needs teacher logits for every epoch"
+               for t in failed), [t["error"] for t in failed]
     assert any("retrying from its last checkpoint (1 failure(s) so far)" in m for m in logs), logs
-    assert any(f"failed ({line}) after 2 tries" in m for m in logs), logs
+    assert all(any(f"failed ({line}) after 2 tries" in m for m in logs) for line in lines), logs
     runs = tracker.client.search_runs([tracker.experiment_id], "tags.`kdsearch.state` = 'failed'")
-    assert len(runs) == len(failed) and all(r.data.tags["kdsearch.error"] == line for r in runs)
+    assert len(runs) == len(failed) and all(r.data.tags["kdsearch.error"] in lines for r in runs)
     assert all(r.info.status == "FAILED" for r in runs)

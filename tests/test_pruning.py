@@ -88,3 +88,24 @@ def test_asha_rungs_come_back_after_a_resume():
     late = Trial("tune_trial", config={}, trial_id="t3", stub=True)
     after.on_trial_add(None, late)
     assert after.on_trial_result(None, late, {"epoch": 1, "val_acc": 1.0}) == "STOP"
+
+
+def test_a_searched_loss_gives_a_conditional_space_and_the_first_trial_is_kd_reference(tmp_path):
+    """space.loss makes the space define-by-run: a trial draws only the values its loss takes."""
+    from kdsearch.config import load_study
+    from kdsearch.tuner import first_point
+    study = tmp_path / "families.yaml"
+    study.write_text("name: families\nspace:\n  loss: {type: choice, values: [kd, kd_ls, dkd, dist]}\n"
+                     "  temperature: {type: loguniform, low: 1, high: 8}\n  alpha: {type: uniform, low: 0, high: 1}\n"
+                     "  beta: {type: loguniform, low: 0.5, high: 8}\n  gamma: {type: uniform, low: 0, high: 2}\n")
+    space = load_study(study).space
+    assert space["beta"].losses == ["dkd", "dist"] and space["gamma"].losses == ["dist"]
+    first = first_point(space, load_study(study).baselines.kd_reference, print)
+    assert first == {"loss": "kd", "temperature": 4.5, "alpha": 0.8}
+    s = make_searcher(space, seed=0, first=first)
+    configs = [s.suggest(f"t{i}") for i in range(24)]
+    assert {k: v for k, v in configs[0].items() if k != NUMBER} == first
+    takes = {"kd": set(), "kd_ls": set(), "dkd": {"beta"}, "dist": {"beta", "gamma"}}
+    for c in configs:
+        assert set(c) - {NUMBER, "loss", "temperature", "alpha"} == takes[c["loss"]], c
+    assert {c["loss"] for c in configs} == set(takes)  # TPE's start-up draws every family
