@@ -166,8 +166,10 @@ def collect_trials(grid, names):
     for r in grid:
         df, m = r.metrics_dataframe, r.metrics or {}
         cols = [] if df is None else ["epoch", "val_acc", "train_loss"] + sorted(c for c in df if c.startswith("loss_"))
-        history = [] if df is None else [{c: _number(row[c], int if c == "epoch" else float) for c in cols}
-                                         for _, row in df.iterrows()]
+        rows = [] if df is None else [{c: _number(row[c], int if c == "epoch" else float) for c in cols}
+                                      for _, row in df.iterrows()]
+        # a trial restored from an older checkpoint reports some epochs again; Tune keeps both rows: the last wins
+        history = sorted({h["epoch"]: h for h in rows}.values(), key=lambda h: h["epoch"])
         trials.append({"number": r.config.get(NUMBER, len(trials)), "trial_id": m.get("trial_id"),
                        "state": trial_state(m, r.error is not None),
                        "error": error_line(r.error) if r.error is not None else None,
