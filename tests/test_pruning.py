@@ -34,7 +34,7 @@ space:
   lr: {type: choice, values: [0.00001, 0.003, 0.01]}
   alpha: {type: uniform, low: 0, high: 1}
 search:
-  num_samples: 5
+  num_samples: 2    # --num-samples 5 overrides it
   max_concurrent: 1
   scheduler: asha
   grace_period: 1
@@ -42,7 +42,7 @@ search:
 resources:
   cpu: 2
 confirm:
-  seeds: 1          # unconfirmed: kd_best is the best completed trial, the rule under test here
+  seeds: 3          # --confirm-seeds 1 overrides it: unconfirmed, kd_best is the best completed trial
 """
 
 
@@ -50,7 +50,8 @@ def test_asha_search_records_stopped_trials_as_pruned_everywhere(tiny_archive, t
     study = tmp_path / "asha.yaml"
     study.write_text(TINY_BASE.replace("kd_reference: {epochs: 2,", "kd_reference: {epochs: 3,") + ASHA)
     r = subprocess.run([sys.executable, "-m", "kdsearch", "search", str(study), "--data", str(tiny_archive),
-                        "--results", str(tmp_path / "results")], capture_output=True, text=True, timeout=600)
+                        "--results", str(tmp_path / "results"), "--num-samples", "5", "--confirm-seeds", "1"],
+                       capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     with open(tmp_path / "results" / "tiny" / "trials.csv") as f:
         trials = list(csv.DictReader(f))
@@ -61,6 +62,10 @@ def test_asha_search_records_stopped_trials_as_pruned_everywhere(tiny_archive, t
     report = json.loads((tmp_path / "results" / "tiny" / "report.json").read_text())
     completed = [t for t in report["trials"] if t["state"] == "completed"]
     assert report["best_config"] == max(completed, key=lambda t: t["val_acc"])["params"]
+    # one seed: an unconfirmed winner, no intervals and no confirmation runs
+    assert report["confirmed"] is False and report["comparison"] == []
+    assert all(row["seeds"] == [0] and row["val_acc_sd"] is None for row in report["rows"])
+    assert "unconfirmed" in r.stdout.splitlines()[0] and "confirm:" not in r.stderr
 
 
 def test_asha_rungs_come_back_after_a_resume():
