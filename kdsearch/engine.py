@@ -69,7 +69,8 @@ def train(model, recipe, train, *, seed, view_seed, val=None, teacher_logits=Non
     matches `teacher_logits`, a (>= recipe.epochs, len(train), classes) tensor, required by the KD loss).
     report(metrics, state): called after every epoch with {"epoch", "train_loss", "loss_<part>" for each of the
     loss's parts (e.g. loss_hard, loss_soft), "val_acc", "time_s"} and a function that returns the run's whole
-    state (`training_state`). resume: such a state; training goes on from its epoch as if never stopped.
+    state (weights, optimizer, schedule, batch-order generator, history: what a checkpoint holds). resume: such a
+    state; training goes on from its epoch as if never stopped.
     A loss that turns NaN or infinite stops the run at once: its last metrics say "diverged": True.
     """
     loss_fn = make_loss(recipe)
