@@ -14,7 +14,13 @@ from pathlib import Path
 import psutil
 import pytest
 
-from test_resume import STUDY  # the first trial is kd_reference's point, 4 epochs
+from conftest import TINY_BASE, TINY_SPACE
+from test_resume import SEARCH
+
+# trials of 8 to 10 epochs, so that both are still training when the worker node is lost (with test_resume's
+# 3-4 epochs, the worker's trial sometimes finished first and nothing was left to retry)
+STUDY = (TINY_BASE.replace("kd_reference: {epochs: 2,", "kd_reference: {epochs: 10,")
+         + TINY_SPACE.replace("epochs: {type: int, low: 1, high: 2}", "epochs: {type: int, low: 8, high: 10}") + SEARCH)
 
 HEAD = "127.0.0.2:6390"  # loopback addresses of their own, so this cluster is told apart from any local Ray
 WORKER_IP = "127.0.0.3"
@@ -81,7 +87,10 @@ def test_search_on_a_cluster_survives_losing_the_worker_node(cluster, tiny_archi
         if line.startswith("trial ") and " epoch " in line:
             running.add(line.split()[1])
         if len(running) == 2 and raylet.is_running():
-            raylet.kill()  # the worker node is lost mid-search: two trials run, one on each node's one CPU
+            # the worker node is lost mid-search: the second trial has just reported its first of 8 or more
+            # epochs, the first is a few epochs in; one runs on each node's one CPU
+            raylet.kill()
+            log.append(f"-- the worker's raylet killed after: {line}")
     p.wait(600)
     err = "".join(log)
     assert p.returncode == 0, err[-3000:]
