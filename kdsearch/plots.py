@@ -12,7 +12,8 @@ from .stats import mean_interval  # noqa: E402
 
 
 def plot_report(report, folder):
-    """history.png, params.png and curves.png in `folder`; return their paths."""
+    """history.png, params.png, curves.png, with a searched loss families.png, with importances importances.png
+    and with a confirmation confirmation.png in `folder`; return their paths."""
     trials = [t for t in report["trials"] if t["val_acc"] is not None]
     baselines = {r["model"]: r for r in report["rows"]}
     paths = []
@@ -44,8 +45,7 @@ def plot_report(report, folder):
             ax.scatter([t["params"][name] for t in having], [t["val_acc"] for t in having],
                        c=[colors.get(t["state"], "k") for t in having], s=20)
             if report["space"].get(name, {}).get("type") == "loguniform":
-                ax.set_xscale("log")
-                ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels overlap
+                _log_x(ax)
             ax.set(xlabel=name, ylabel="val acc (%)")
         fig.suptitle("Validation accuracy against each hyperparameter")
         paths.append(_save(fig, folder / "params.png"))
@@ -59,9 +59,42 @@ def plot_report(report, folder):
     ax.set(xlabel="epoch", ylabel="validation accuracy (%)", title="Learning curves: best trial and baselines")
     ax.legend(fontsize=8)
     paths.append(_save(fig, folder / "curves.png"))
+    if report.get("families") and "temperature" in report["space"]:
+        paths.append(_families(report, trials, folder / "families.png"))
+    if report.get("importances"):
+        paths.append(_importances(report["importances"], folder / "importances.png"))
     if report.get("confirmed"):
         paths.append(_confirmation(report, folder / "confirmation.png"))
     return paths
+
+
+def _families(report, trials, path):
+    """Validation accuracy against temperature, one colour per loss family; a completed trial filled, one
+    stopped early (pruned) hollow."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for f, color in zip(report["families"], plt.rcParams["axes.prop_cycle"].by_key()["color"]):
+        mine = [t for t in trials if t["params"].get("loss") == f["loss"] and "temperature" in t["params"]]
+        label = f["loss"]  # on the family's first series only
+        for state, face in (("completed", color), ("pruned", "none")):
+            pts = [(t["params"]["temperature"], t["val_acc"]) for t in mine if t["state"] == state]
+            if pts:
+                ax.scatter(*zip(*pts), s=28, facecolors=face, edgecolors=color, label=label)
+                label = None
+    if report["space"]["temperature"].get("type") == "loguniform":
+        _log_x(ax)
+    ax.set(xlabel="temperature", ylabel="validation accuracy (%)",
+           title="Validation accuracy against temperature, by loss family\n(filled: completed, hollow: stopped early)")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _importances(importances, path):
+    """Each hyperparameter's importance (Optuna's evaluator), largest at the top."""
+    names = list(importances)[::-1]
+    fig, ax = plt.subplots(figsize=(6, 0.45 * len(names) + 1.4))
+    ax.barh(names, [importances[n] for n in names], color="tab:blue")
+    ax.set(xlabel="importance (sums to 1)", title="Hyperparameter importances (PED-ANOVA)")
+    return _save(fig, path)
 
 
 def _confirmation(report, path):
@@ -83,6 +116,14 @@ def _confirmation(report, path):
         ax.set(ylabel=f"{label} accuracy (%)", title=f"{label.capitalize()}, {len(entries[0]['seeds'])} seeds")
     fig.suptitle("Confirmation: each seed a point, the mean and its 95 % interval")
     return _save(fig, path)
+
+
+def _log_x(ax):
+    """A log x axis labelled at 1, 2, 5 x 10^k in plain numbers: a range within one decade gets labels too."""
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1, 2, 5)))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels overlap
 
 
 def _save(fig, path):

@@ -51,9 +51,10 @@ def write_baselines(rows, folder):
     return paths
 
 
-def build(study, name, rows, confirmed, best, best_params, trials, space, mlflow, dashboard):
+def build(study, name, rows, confirmed, best, best_params, trials, space, importances, mlflow, dashboard):
     """The report's content. rows: the baselines' rows (the study's seed); confirmed, best: the confirmation
-    stage's entries and kd_best's index among them; space: {name: Param}; mlflow: the tracker's info."""
+    stage's entries and kd_best's index among them; space: {name: Param}; importances: importance.py's figures;
+    mlflow: the tracker's info."""
     seeds = confirmed[best]["seeds"]
     winner = confirmed[best]
     trial = next(t for t in trials if t["number"] == winner["trial"])
@@ -78,7 +79,28 @@ def build(study, name, rows, confirmed, best, best_params, trials, space, mlflow
             "comparison": comparisons(out) if len(seeds) > 1 else [],
             "num_trials": len(trials),
             "space": {k: vars(p) for k, p in space.items()},
+            "families": families(trials, space, confirmed),
+            "importances": importances,
             "trials": trials, "mlflow": mlflow, "dashboard": dashboard}
+
+
+def families(trials, space, confirmed):
+    """With a searched loss, one entry per loss family: its trials, how many completed, and its best completed
+    trial by (single-seed) validation accuracy, with its mean over seeds when the confirmation ran it."""
+    if "loss" not in space:
+        return []
+    means = {e["trial"]: mean_sd(e["val_accs"])[0] for e in confirmed if e["trial"] is not None
+             and len(e["seeds"]) > 1}
+    out = []
+    for loss in space["loss"].values:
+        mine = [t for t in trials if t["params"].get("loss") == loss]
+        done = [t for t in mine if t["state"] == "completed"]
+        top = max(done, key=lambda t: t["val_acc"], default=None)
+        out.append({"loss": loss, "trials": len(mine), "completed": len(done),
+                    "best": None if top is None else {"trial": top["number"], "val_acc": top["val_acc"],
+                                                      "params": top["params"],
+                                                      "confirmed_val_acc": means.get(top["number"])}})
+    return out
 
 
 CONFIRM_NOTE = ("A seed changes the initialisation and the batch order; the augmented views and the teacher's logit "
@@ -116,6 +138,10 @@ def parent_metrics(report):
             out[f"{r['model']}_{m}"] = out[f"{r['model']}_{m}_mean"] = r[m]
             if r[f"{m}_sd"] is not None:
                 out[f"{r['model']}_{m}_sd"] = r[f"{m}_sd"]
+    for f in report.get("families") or ():  # the best single-seed trial of each loss family
+        if f["best"] is not None:
+            out[f"best_val_acc_{f['loss']}"] = f["best"]["val_acc"]
+    out.update({f"importance_{k}": v for k, v in (report.get("importances") or {}).items()})
     return out
 
 
@@ -172,10 +198,52 @@ def write(report, folder, figures):
         md += [report["confirmation"]["note"], ""]
     if report.get("timings"):
         md += [_timings_line(report), ""]
+    md += _families_md(report) + _importances_md(report)
     md += [f"MLflow: `{m['ui_command']}` (experiment `{m['experiment']}`, parent run `{m['parent_run_id']}`).", ""]
     md += [f"![{p.stem}]({p.name})" for p in figures if p.suffix == ".png"]
     (folder / "report.md").write_text("\n".join(md) + "\n")
     return [folder / "report.json", folder / "report.md", *figures]
+
+
+def _families_md(report):
+    fams = report.get("families") or []
+    if not fams:
+        return []
+    md = ["## By loss family", "",
+          "Each family's best completed trial by its single-seed validation accuracy in the search (with its mean "
+          "over seeds when the confirmation re-trained it). A family with few trials is barely explored.", "",
+          "| loss | trials (completed) | best val acc | over seeds | trial | its settings |", "|---|---|---|---|---|---|"]
+    for f in fams:
+        b = f["best"]
+        if b is None:
+            md.append(f"| {f['loss']} | {f['trials']} ({f['completed']}) | - | - | - | none completed |")
+            continue
+        mean = f"{b['confirmed_val_acc']:.2f} %" if b.get("confirmed_val_acc") is not None else "-"
+        md.append(f"| {f['loss']} | {f['trials']} ({f['completed']}) | {b['val_acc']:.2f} % | {mean} | "
+                  f"{b['trial']} | {_settings(b['params'])} |")
+    return md + [""]
+
+
+def _importances_md(report):
+    imp = report.get("importances")
+    if imp is None:  # a report from before importances
+        return []
+    done = sum(t["state"] == "completed" for t in report["trials"])
+    if not imp:
+        return ["## Hyperparameter importances", "", f"Not computed: {done} completed trial(s), fewer than 3.", ""]
+    hint = " With so few trials they are a rough hint." if done < 20 else ""
+    return ["## Hyperparameter importances", "",
+            f"Over the {done} completed trials, by {IMPORTANCE_EVALUATOR}.{hint}", "",
+            "| hyperparameter | importance |", "|---|---|", *[f"| {k} | {v:.3f} |" for k, v in imp.items()], ""]
+
+
+IMPORTANCE_EVALUATOR = ("Optuna's PED-ANOVA evaluator (its default): how much each value's distribution among the "
+                        "best 10 % of the completed trials differs from its distribution over all of them, "
+                        "normalised to sum to 1")
+
+
+def _settings(params):
+    return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in params.items() if k != "loss")
 
 
 def verdict_lines(report):
@@ -217,6 +285,14 @@ def print_summary(report, written, out=sys.stdout):
         print(line, file=out)
     print("", file=out)
     print(format_table(report["rows"], times=False), file=out)
+    if report.get("families") or report.get("importances"):
+        print("", file=out)
+    for f in report.get("families") or ():
+        b = f["best"]
+        print(f"best {f['loss']}: " + (f"{b['val_acc']:.2f}% val (trial {b['trial']}; {_settings(b['params'])})"
+                                       if b else "no completed trial"), file=out)
+    if report.get("importances"):
+        print("importances: " + ", ".join(f"{k} {v:.2f}" for k, v in report["importances"].items()), file=out)
     if report.get("timings"):
         print("\n" + _timings_line(report), file=out)
     print(f"report: {written[1]}", file=out)

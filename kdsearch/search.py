@@ -20,6 +20,7 @@ from .confirm import confirm
 from .data import check_source
 from .engine import pick_device
 from .errors import UserError
+from .importance import importances
 from .models import count_params
 from .runs import log_stderr
 from .teacher import space_epochs
@@ -91,7 +92,7 @@ def run_search(study, study_file, results, name=None, num_samples=None, address=
         confirm_s = time.time() - t_confirm
         state.write(stage="the report")
         report = reports.build(study.name, name, rows, confirmed, best, count_params(model), trials, study.space,
-                               tracker.info(), dashboard)
+                               importances(trials, study.space), tracker.info(), dashboard)
         tracker.log_best(reports.parent_metrics(report), report["best_config"], model, _example_input(data))
         figures = reports.render_figures(report, folder)
         report["timings"] = reports.timings(time.time() - t0, engine_s, trials, search_s, confirm_s)

@@ -31,6 +31,8 @@ def test_a_stopped_trial_is_pruned_a_diverged_one_failed_and_a_finished_one_comp
 
 ASHA = """\
 space:
+  loss: {type: choice, values: [kd, dist]}   # and the report's breakdown by family
+  temperature: {type: loguniform, low: 1, high: 8}
   lr: {type: choice, values: [0.00001, 0.003, 0.01]}
   alpha: {type: uniform, low: 0, high: 1}
 search:
@@ -66,6 +68,23 @@ def test_asha_search_records_stopped_trials_as_pruned_everywhere(tiny_archive, t
     assert report["confirmed"] is False and report["comparison"] == []
     assert all(row["seeds"] == [0] and row["val_acc_sd"] is None for row in report["rows"])
     assert "unconfirmed" in r.stdout.splitlines()[0] and "confirm:" not in r.stderr
+    # the breakdown by family: each family's best completed trial, in report.md, a plot, the summary and MLflow
+    from mlflow.tracking import MlflowClient
+    fams = {f["loss"]: f for f in report["families"]}
+    assert set(fams) == {"kd", "dist"}
+    metrics = MlflowClient(report["mlflow"]["tracking_uri"]).get_run(report["mlflow"]["parent_run_id"]).data.metrics
+    for loss, f in fams.items():
+        done = [t for t in completed if t["params"]["loss"] == loss]
+        assert f["completed"] == len(done) and f["trials"] == sum(t["params"]["loss"] == loss for t in report["trials"])
+        assert (f["best"] or {}).get("val_acc") == max((t["val_acc"] for t in done), default=None)
+        assert metrics.get(f"best_val_acc_{loss}") == (f["best"] or {}).get("val_acc")
+        assert (f"best {loss}: {f['best']['val_acc']:.2f}% val" if done else f"best {loss}: no completed") in r.stdout
+    md = (tmp_path / "results" / "tiny" / "report.md").read_text()
+    assert "## By loss family" in md and (tmp_path / "results" / "tiny" / "families.png").stat().st_size > 1000
+    imp = report["importances"]  # over the completed trials (seeded: 3 or more), the same figures in MLflow
+    assert len(completed) >= 3 and set(imp) == {"loss", "temperature", "lr", "alpha"}
+    assert abs(sum(imp.values()) - 1) < 1e-9 and all(metrics[f"importance_{k}"] == v for k, v in imp.items())
+    assert "## Hyperparameter importances" in md and (tmp_path / "results" / "tiny" / "importances.png").exists()
 
 
 def test_asha_rungs_come_back_after_a_resume():
