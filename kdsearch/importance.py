@@ -10,20 +10,29 @@ import warnings
 
 from .tuner import optuna_space
 
-MIN_TRIALS = 3  # with fewer, the best 10 % is the whole top and the figures mean nothing
+MIN_TRIALS = 3  # PED-ANOVA compares the best 10 % (one trial when there are 10 or fewer) with all of them
 
 
-def importances(trials, space):
-    """{name: importance}, largest first, over the completed trials; {} with fewer than MIN_TRIALS of them."""
+def importances(trials, space, log=print):
+    """{name: importance}, largest first, summing to 1, over the completed trials: a value no completed trial has
+    is absent, one present in a single completed trial gets 0. {} when there are fewer than MIN_TRIALS of them or
+    the evaluator finds no difference at all (equal accuracies): Optuna would then give every value an equal
+    share, a figure that means nothing. Never raises: the report matters more than this figure."""
     import optuna
-    done = [t for t in trials if t["state"] == "completed"]
+    done = [t for t in trials if t["state"] == "completed" and t["val_acc"] is not None]
     if len(done) < MIN_TRIALS:
         return {}
-    dists = optuna_space(space)
-    study = optuna.create_study(direction="maximize")
-    for t in done:
-        study.add_trial(optuna.trial.create_trial(
-            params=t["params"], distributions={k: dists[k] for k in t["params"]}, value=t["val_acc"]))
-    with warnings.catch_warnings():  # its notes on few trials: the count is in the report
-        warnings.simplefilter("ignore")
-        return {k: float(v) for k, v in optuna.importance.get_param_importances(study).items()}
+    try:
+        dists = optuna_space(space)
+        study = optuna.create_study(direction="maximize")
+        for t in done:
+            study.add_trial(optuna.trial.create_trial(
+                params=t["params"], distributions={k: dists[k] for k in t["params"]}, value=t["val_acc"]))
+        with warnings.catch_warnings():  # its notes on few trials: the count is in the report
+            warnings.simplefilter("ignore")
+            raw = optuna.importance.get_param_importances(study, normalize=False)
+    except Exception as e:  # e.g. a value outside its distribution: no figure, and the report still comes
+        log(f"importances: not computed ({type(e).__name__}: {str(e)[:150]})")
+        return {}
+    total = sum(raw.values())
+    return {k: float(v) / total for k, v in raw.items()} if total > 0 else {}

@@ -94,7 +94,7 @@ def families(trials, space, confirmed):
     out = []
     for loss in space["loss"].values:
         mine = [t for t in trials if t["params"].get("loss") == loss]
-        done = [t for t in mine if t["state"] == "completed"]
+        done = [t for t in mine if t["state"] == "completed" and t["val_acc"] is not None]
         top = max(done, key=lambda t: t["val_acc"], default=None)
         out.append({"loss": loss, "trials": len(mine), "completed": len(done),
                     "best": None if top is None else {"trial": top["number"], "val_acc": top["val_acc"],
@@ -230,7 +230,10 @@ def _importances_md(report):
         return []
     done = sum(t["state"] == "completed" for t in report["trials"])
     if not imp:
-        return ["## Hyperparameter importances", "", f"Not computed: {done} completed trial(s), fewer than 3.", ""]
+        why = (f"{done} completed trial(s), fewer than 3" if done < 3 else
+               f"over the {done} completed trials the evaluator found no difference between the best and the rest "
+               f"(equal accuracies), or it failed (the search's log says)")
+        return ["## Hyperparameter importances", "", f"Not computed: {why}.", ""]
     hint = " With so few trials they are a rough hint." if done < 20 else ""
     return ["## Hyperparameter importances", "",
             f"Over the {done} completed trials, by {IMPORTANCE_EVALUATOR}.{hint}", "",

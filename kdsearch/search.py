@@ -92,7 +92,7 @@ def run_search(study, study_file, results, name=None, num_samples=None, address=
         confirm_s = time.time() - t_confirm
         state.write(stage="the report")
         report = reports.build(study.name, name, rows, confirmed, best, count_params(model), trials, study.space,
-                               importances(trials, study.space), tracker.info(), dashboard)
+                               importances(trials, study.space, log), tracker.info(), dashboard)
         tracker.log_best(reports.parent_metrics(report), report["best_config"], model, _example_input(data))
         figures = reports.render_figures(report, folder)
         report["timings"] = reports.timings(time.time() - t0, engine_s, trials, search_s, confirm_s)

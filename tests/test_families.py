@@ -52,3 +52,14 @@ def test_each_family_has_its_best_completed_trial_and_its_mean_over_seeds():
     metrics = parent_metrics({"rows": [], "families": list(fams.values()), "importances": {"alpha": 0.9}})
     assert metrics == {"best_val_acc_kd": fams["kd"]["best"]["val_acc"],
                        "best_val_acc_dist": fams["dist"]["best"]["val_acc"], "importance_alpha": 0.9}
+
+
+def test_no_figures_when_nothing_separates_the_trials_or_a_value_is_out_of_its_space():
+    trials = made_up_trials(12)
+    for t in trials:
+        t["val_acc"] = 50.0  # Optuna would hand every value an equal share: a figure that means nothing
+    assert importances(trials, SPACE) == {}
+    said = []
+    trials = made_up_trials(12)
+    trials[3]["params"]["loss"] = "kd_ls"  # not in the space's choices: logged, and the report still comes
+    assert importances(trials, SPACE, said.append) == {} and said[0].startswith("importances: not computed (")
