@@ -119,9 +119,12 @@ def _confirmation(report, path):
 
 
 def _log_x(ax):
-    """A log x axis labelled at 1, 2, 5 x 10^k in plain numbers: a range within one decade gets labels too."""
+    """A log x axis labelled in plain numbers: at 1, 2, 5 x 10^k over a decade or more, at 4 round numbers
+    within one (where a log locator falls back to crowded ticks, or none)."""
     ax.set_xscale("log")
-    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1, 2, 5)))
+    low, high = ax.get_xlim()
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1, 2, 5)) if high / low >= 10
+                               else matplotlib.ticker.MaxNLocator(4))
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}"))
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels overlap
 

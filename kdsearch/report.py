@@ -72,7 +72,7 @@ def build(study, name, rows, confirmed, best, best_params, trials, space, import
                     "val_acc_sd": val_sd, "test_acc_sd": test_sd, "val_accs": vals, "test_accs": tests,
                     "seeds": seeds if e else seeds[:1]})
     return {"study": study, "name": name, "rows": out,
-            "best_config": {k: winner["config"][k] for k in space},
+            "best_config": {k: winner["config"][k] for k in space if k in trial["params"]},  # its loss's values
             "confirmed": len(seeds) > 1,
             "confirmation": {"seeds": seeds, "note": CONFIRM_NOTE,
                              "entries": [{k: v for k, v in e.items() if k != "history"} for e in confirmed]},

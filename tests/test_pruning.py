@@ -33,6 +33,7 @@ ASHA = """\
 space:
   loss: {type: choice, values: [kd, dist]}   # and the report's breakdown by family
   temperature: {type: loguniform, low: 1, high: 8}
+  gamma: {type: uniform, low: 0.5, high: 2}  # dist's only
   lr: {type: choice, values: [0.00001, 0.003, 0.01]}
   alpha: {type: uniform, low: 0, high: 1}
 search:
@@ -63,7 +64,7 @@ def test_asha_search_records_stopped_trials_as_pruned_everywhere(tiny_archive, t
         assert t["state"] == ("completed" if t["epochs_run"] == "3" else "pruned"), t
     report = json.loads((tmp_path / "results" / "tiny" / "report.json").read_text())
     completed = [t for t in report["trials"] if t["state"] == "completed"]
-    assert report["best_config"] == max(completed, key=lambda t: t["val_acc"])["params"]
+    assert report["best_config"] == max(completed, key=lambda t: t["val_acc"])["params"]  # its loss's values only
     # one seed: an unconfirmed winner, no intervals and no confirmation runs
     assert report["confirmed"] is False and report["comparison"] == []
     assert all(row["seeds"] == [0] and row["val_acc_sd"] is None for row in report["rows"])
@@ -82,7 +83,7 @@ def test_asha_search_records_stopped_trials_as_pruned_everywhere(tiny_archive, t
     md = (tmp_path / "results" / "tiny" / "report.md").read_text()
     assert "## By loss family" in md and (tmp_path / "results" / "tiny" / "families.png").stat().st_size > 1000
     imp = report["importances"]  # over the completed trials (seeded: 3 or more), the same figures in MLflow
-    assert len(completed) >= 3 and set(imp) == {"loss", "temperature", "lr", "alpha"}
+    assert len(completed) >= 3 and set(imp) == {"loss", "temperature", "lr", "alpha", "gamma"}
     assert abs(sum(imp.values()) - 1) < 1e-9 and all(metrics[f"importance_{k}"] == v for k, v in imp.items())
     assert "## Hyperparameter importances" in md and (tmp_path / "results" / "tiny" / "importances.png").exists()
 
