@@ -2,6 +2,7 @@
 
 Ray is imported inside functions only: start_ray sets the environment that Ray reads when it is imported."""
 import glob
+import logging
 import os
 import shutil
 import tempfile
@@ -216,6 +217,10 @@ def keep_scheduler(scheduler):
     return KeepScheduler()
 
 
+def _no_restore_hint(record):
+    return "Tuner.restore(" not in record.getMessage()
+
+
 def build_tuner(trial_args, resources, searcher, search, max_epochs, folder, callbacks, resume=False):
     """The Tuner: `trial_args` (numpy arrays go into the object store once, read zero-copy by every trial),
     `resources` {"cpu", "gpu"} per trial, at most search.max_concurrent at once, ASHA if asked for, a trial that
@@ -227,6 +232,9 @@ def build_tuner(trial_args, resources, searcher, search, max_epochs, folder, cal
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
+
+    # on Ctrl-C Tune would tell the user to call Tuner.restore(...); kdsearch's last line gives the command to run
+    logging.getLogger("ray.tune.tune").addFilter(_no_restore_hint)
 
     trainable = tune.with_resources(tune.with_parameters(tune_trial, **trial_args), resources)
     path = os.path.join(folder, "ray")

@@ -102,6 +102,7 @@ def test_ctrl_c_ends_the_runs_killed_and_says_how_to_resume(resumed):
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("kdsearch: interrupted; nothing finished is lost. To go on: kdsearch search ") and \
         last.endswith(" --resume"), last
+    assert "Tuner.restore" not in stderr  # Tune's own hint, for its Python API, is not shown
     assert runs["tiny"] == "KILLED" and "RUNNING" not in runs.values(), runs
 
 
