@@ -76,6 +76,7 @@ class Tracker:
         self.experiment, self.experiment_id = experiment, exp_id
         self.parent = None
         self.children = {}  # trial id -> run id
+        self.logged = {}  # trial id -> the last epoch logged
         self.confirm_runs = {}  # (model, seed) -> run id
 
     def info(self):
@@ -119,6 +120,8 @@ class Tracker:
             for run in self._all(f"tags.`mlflow.parentRunId` = '{self.parent}' and "
                                  f"tags.`kdsearch.trial_id` = '{trial_id}'"):
                 self.children[trial_id] = run.info.run_id
+                self.logged[trial_id] = max((m.step for m in self.client.get_metric_history(
+                    run.info.run_id, "val_acc")), default=0)
         if trial_id in self.children:
             self.client.update_run(self.children[trial_id], status="RUNNING")
             return
@@ -130,6 +133,12 @@ class Tracker:
 
     def log_epoch(self, trial_id, epoch, metrics):
         # one call per epoch: each sqlite write is its own transaction. NaN (a diverged trial) is not logged.
+        # A trial restarted from an older checkpoint trains some epochs again (the same values: its state,
+        # batch order included, comes back whole); each epoch is logged once, so the run's curves have one
+        # point per step.
+        if epoch <= self.logged.get(trial_id, 0):
+            return
+        self.logged[trial_id] = epoch
         ts = int(metrics.get("wall", 0) * 1000)
         names = ["val_acc", "train_loss"] + sorted(k for k in metrics if k.startswith("loss_"))
         self.client.log_batch(self.children[trial_id], metrics=[

@@ -143,6 +143,12 @@ def test_the_resumed_search_has_each_trial_once_everywhere(resumed):
     assert parents[0].info.status == "FINISHED"
     children = [r for r in runs if r.data.tags.get("kdsearch.stage") == "search"]
     assert sorted(r.data.tags["kdsearch.trial_id"] for r in children) == sorted(t["trial_id"] for t in trials)
+    by_id = {t["trial_id"]: t for t in trials}
+    for r in children:  # one point per epoch, though the killed trial trained an epoch or two again
+        logged = [(m.step, m.value) for m in client.get_metric_history(r.info.run_id, "val_acc")]
+        history = [(h["epoch"], h["val_acc"]) for h in by_id[r.data.tags["kdsearch.trial_id"]]["history"]]
+        assert [e for e, _ in sorted(logged)] == [e for e, _ in history], (logged, r.data.tags)
+        assert [v for _, v in sorted(logged)] == pytest.approx([v for _, v in history], abs=1e-4)
     assert not [r for r in runs if r.info.status == "RUNNING"]
     assert "search: resuming 'tiny' (interrupted at the search)" in again.stderr
 
@@ -192,3 +198,24 @@ def test_every_torch_load_is_weights_only():
                 calls.append((path.name, {k.arg: ast.unparse(k.value) for k in node.keywords}))
     assert len(calls) >= 3  # the cache, a teacher checkpoint, a trial checkpoint
     assert all(kw.get("weights_only") == "True" for _, kw in calls), calls
+
+
+def test_epochs_trained_again_after_a_restart_are_logged_once(tmp_path):
+    """A trial restored from an older checkpoint (after a kill, or a retry) reports some epochs again: its MLflow
+    run keeps one point per epoch, in the same process (a retry) and in a new one (a resume)."""
+    from kdsearch.tracking import Tracker
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    before = Tracker(uri, "restarts", tmp_path / "artifacts")
+    before.start_parent("s", "id0", __file__, {}, [])
+    before.start_trial("t0", "trial_t0", {"alpha": 0.5})
+    for epoch in (1, 2, 3):
+        before.log_epoch("t0", epoch, {"val_acc": 10.0 * epoch, "train_loss": 1.0, "wall": time.time()})
+    before.start_trial("t0", "trial_t0", {"alpha": 0.5})  # retried from its epoch-2 checkpoint
+    before.log_epoch("t0", 3, {"val_acc": 30.0, "train_loss": 1.0, "wall": time.time()})
+    after = Tracker(uri, "restarts", tmp_path / "artifacts")  # resumed: a new process, the run found by its tag
+    after.start_parent("s", "id0", __file__, {}, [])
+    after.start_trial("t0", "trial_t0", {"alpha": 0.5})  # from its epoch-1 checkpoint this time
+    for epoch in (2, 3, 4):
+        after.log_epoch("t0", epoch, {"val_acc": 10.0 * epoch, "train_loss": 1.0, "wall": time.time()})
+    history = after.client.get_metric_history(after.children["t0"], "val_acc")
+    assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [(e, 10.0 * e) for e in (1, 2, 3, 4)]
