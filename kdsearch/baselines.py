@@ -45,15 +45,18 @@ def run_baselines(teacher_recipe, baselines, space, seed, data, store, log=log_s
     first, and the teacher's logit table for every KD run of the study (the space's longest trial included),
     made (or read) once: when a KD baseline trains, or when `need_table` (a search); else None."""
     teacher, row, tkey = get_teacher(teacher_recipe, seed, data, store, log)
-    rows, table = [row], None
+    rows, made = [row], []
     epochs = logit_epochs(baselines, space)
+
+    def table():  # made (or read) at the first need only: a stored KD baseline needs none
+        if not made:
+            made.append(teacher_logits(teacher, tkey, data, seed, epochs, store, log))
+        return made[0]
+
     for name in BASELINES:
         recipe = getattr(baselines, name)
         key = run_key(recipe, data, seed, tkey)
-        if recipe.loss in NEEDS_TEACHER and table is None and not store.has_run("runs", key):
-            table = teacher_logits(teacher, tkey, data, seed, epochs, store, log)
-        _, info = train_or_load(store, "runs", key, name, recipe, data, seed=seed, teacher_logits=table, log=log)
+        _, info = train_or_load(store, "runs", key, name, recipe, data, seed=seed, log=log,
+                                teacher_logits=table if recipe.loss in NEEDS_TEACHER else None)
         rows.append(info)
-    if need_table and table is None:
-        table = teacher_logits(teacher, tkey, data, seed, epochs, store, log)
-    return rows, table
+    return rows, (table() if need_table or made else None)

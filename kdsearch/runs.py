@@ -14,7 +14,8 @@ def log_stderr(msg):
 
 def train_or_load(store, kind, key, name, recipe, data, *, seed, teacher_logits=None, log=log_stderr):
     """Return (model, row), on the data's device. row: model (the name), key, params, val_acc, test_acc, train_s,
-    history, config (the recipe), cached.
+    history, config (the recipe), cached. teacher_logits: a function that returns the teacher's logit table,
+    called only when the run is trained (a stored run needs none).
 
     The test accuracy is measured once, right after training, and stored with the run: nothing is ever chosen
     by it (searches compare validation accuracy).
@@ -33,7 +34,7 @@ def train_or_load(store, kind, key, name, recipe, data, *, seed, teacher_logits=
 
     start = time.perf_counter()
     history = train(model, recipe, data.train, seed=seed, view_seed=seed, val=data.val,
-                    teacher_logits=teacher_logits, report=report)
+                    teacher_logits=teacher_logits() if teacher_logits else None, report=report)
     if history[-1].get("diverged"):
         raise UserError(f"{name} diverged in epoch {len(history)} (its loss became NaN or infinite) with lr "
                         f"{recipe.lr}; fix: lower {name}'s lr in the study file")

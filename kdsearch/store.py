@@ -40,10 +40,6 @@ class Store:
         d = self.root / kind
         return d / f"{key}.pt", d / f"{key}.json"
 
-    def has_run(self, kind, key):
-        """Whether a sound run is stored (a damaged one is dropped and reported: it will be recomputed)."""
-        return self.load_run(kind, key) is not None
-
     def load_run(self, kind, key):
         """(state_dict, info) of a stored run, or None (also for a damaged entry, which is then recomputed)."""
         pt, js = self._paths(kind, key)

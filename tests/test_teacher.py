@@ -135,7 +135,7 @@ def test_a_damaged_cache_entry_is_named_and_recomputed(data, tmp_path):
     store.save_run("runs", "k", model, {"model": "student_ce", "val_acc": 1.0})
     pt = tmp_path / "runs" / "k.pt"
     pt.write_bytes(pt.read_bytes()[:1000])  # a run truncated by a full disk or a copy cut short
-    assert not store.has_run("runs", "k") and store.load_run("runs", "k") is None
+    assert store.load_run("runs", "k") is None
     assert logs[0].startswith(f"cache: {pt} is damaged (") and logs[0].endswith("recomputing it"), logs
     assert not pt.exists()  # dropped, so the next run stores a sound one
     teacher = new_model("teacher", 10, 1, torch.device("cpu")).eval()
