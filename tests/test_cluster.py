@@ -46,12 +46,14 @@ def cluster():
         mine = [p for p in psutil.process_iter(["cmdline"]) if p.pid not in before and any(
             s in " ".join(p.info["cmdline"] or []) for s in (tmp, "127.0.0.2", WORKER_IP))]
         started = {p.pid: p for root in mine for p in [root, *_children(root)]}.values()
-        started = sorted(started, key=lambda p: "gcs_server" in " ".join(_cmdline(p)))
-        for p in started:
-            try:
-                p.send_signal(signal.SIGTERM)
-                p.wait(10)
-            except psutil.Error:
+        gcs = [p for p in started if "gcs_server" in " ".join(_cmdline(p))]
+        for group in ([p for p in started if p not in gcs], gcs):  # the GCS last; each group at once
+            for p in group:
+                try:
+                    p.send_signal(signal.SIGTERM)
+                except psutil.Error:
+                    pass
+            for p in psutil.wait_procs(group, timeout=10)[1]:
                 try:
                     p.kill()
                 except psutil.Error:

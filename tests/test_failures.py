@@ -2,6 +2,7 @@
 failed with its error's first line; the search goes on. Real Ray, Optuna and MLflow, kdsearch's own Tuner. The
 space also searches the loss family (kd or dist, dist with its own gamma): a conditional space end to end."""
 import dataclasses
+import urllib.request
 
 import numpy as np
 import pytest
@@ -29,8 +30,12 @@ def searched(tiny_archive, tmp_path_factory):
     tracker = open_tracker(f"sqlite:///{tmp / 'mlflow.db'}", "failures", tmp / "artifacts")
     tracker.start_parent("failures", "id0", __file__, {}, [])
     base = dataclasses.asdict(Recipe(batch_size=64))
-    start_ray(None, logs.append)
+    url = start_ray(None, logs.append)
     try:
+        import ray
+        # the dashboard opens as is (no token: no 401) and the node stays on loopback
+        dashboard = (url, urllib.request.urlopen(url + "/api/cluster_status", timeout=30).status,
+                     ray.nodes()[0]["NodeManagerAddress"])
         resources = {"cpu": 1, "gpu": 0}
         tuner = build_tuner(_trial_args(data, table, base, 0, resources, "cpu"), resources,
                             make_searcher(space, search.seed), search, 2, tmp,
@@ -38,11 +43,16 @@ def searched(tiny_archive, tmp_path_factory):
         trials = collect_trials(tuner.fit(), list(space))
     finally:
         stop_ray()
-    return trials, tracker, logs
+    return trials, tracker, logs, dashboard
+
+
+def test_the_local_ray_serves_its_dashboard_on_loopback_without_a_token(searched):
+    url, status, node = searched[3]
+    assert url.startswith("http://127.0.0.1:") and status == 200 and node == "127.0.0.1", searched[3]
 
 
 def test_a_trial_whose_loss_turns_nan_is_diverged_and_the_search_goes_on(searched):
-    trials, tracker, _ = searched
+    trials, tracker, _, _ = searched
     assert len(trials) == 6
     states = {(t["params"]["lr"], t["params"]["epochs"]): t["state"] for t in trials}
     assert states.get((1e9, 1)) == "diverged" and states.get((0.001, 1)) == "completed", states
@@ -53,7 +63,7 @@ def test_a_trial_whose_loss_turns_nan_is_diverged_and_the_search_goes_on(searche
 
 
 def test_a_trial_of_each_loss_carries_only_the_values_its_loss_takes(searched):
-    trials, tracker, _ = searched
+    trials, tracker, _, _ = searched
     assert {t["params"]["loss"] for t in trials} == {"kd", "dist"}
     for t in trials:
         assert ("gamma" in t["params"]) == (t["params"]["loss"] == "dist"), t["params"]
@@ -63,7 +73,7 @@ def test_a_trial_of_each_loss_carries_only_the_values_its_loss_takes(searched):
 
 
 def test_a_trial_that_raises_is_retried_then_failed_with_its_first_line(searched):
-    trials, tracker, logs = searched
+    trials, tracker, logs, _ = searched
     failed = [t for t in trials if t["params"]["epochs"] == 2]
     assert failed and all(t["state"] == "failed" for t in failed)
     lines = {f"ValueError: the {t['params']['loss']} loss needs teacher logits for every epoch" for t in failed}
