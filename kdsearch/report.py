@@ -190,7 +190,7 @@ def write(report, folder, figures):
     md += [f"- {line}" for line in verdict_lines(report)] + [""]
     md += [f"{report['num_trials']} trials; best KD settings by "
            + ("mean validation accuracy over seeds" if report.get("confirmed") else "validation accuracy") + ": "
-           + ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}" for k, v in best.items()) + ".", "",
+           + _settings(best, " = ", skip=()) + ".", "",
            "```", format_table(report["rows"], times=False), "```", "",
            "Validation accuracy chose everything; test accuracy was measured once per model, for this table. The "
            "notebook column is the notebook's own test-set result (its numbers were tuned on the test set).", ""]
@@ -245,8 +245,10 @@ IMPORTANCE_EVALUATOR = ("Optuna's PED-ANOVA evaluator (its default): how much ea
                         "normalised to sum to 1")
 
 
-def _settings(params):
-    return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in params.items() if k != "loss")
+def _settings(params, sep=" ", skip=("loss",)):
+    """e.g. "temperature 3.558, alpha 0.6459": floats to 4 significant digits."""
+    return ", ".join(f"{k}{sep}{v:.4g}" if isinstance(v, float) else f"{k}{sep}{v}" for k, v in params.items()
+                     if k not in skip)
 
 
 def verdict_lines(report):
