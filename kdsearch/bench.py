@@ -17,9 +17,6 @@ kdsearch's steps are timed in alternating rounds (`repeats` of them) so that mac
 """
 import json
 import math
-import os
-import platform
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -28,11 +25,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import __version__, imagefolder
+from . import imagefolder
 from .augment import MEAN, STD, augmented_views
 from .config import Recipe
 from .data import check_source, load_arrays, to_split
 from .engine import make_optimizer, new_model, pick_device, predict, set_threads, train_step
+from .evidence import evidence
 from .losses import make_loss
 from .models import StudentNet, TeacherNet
 
@@ -139,40 +137,6 @@ def teacher_pass(split, device):
     return len(split) / (time.perf_counter() - start)
 
 
-def evidence(device, threads, batch_size, batches, repeats):
-    return {"device": f"{device.type}: {_device_name(device)}", "torch": torch.__version__, "cpu_threads": threads,
-            "cpu_cores": os.cpu_count(), "batch_size": batch_size, "batches": batches, "repeats": repeats,
-            "kdsearch": __version__, "git_commit": _git_commit(), "python": platform.python_version(),
-            "date": time.strftime("%Y-%m-%d")}
-
-
-def _git_commit():
-    """The commit of the checkout this package runs from, with -dirty for uncommitted changes; None when it is
-    not a git checkout (an installed wheel) or git is missing."""
-    root = Path(__file__).resolve().parent.parent
-    if not (root / ".git").exists():
-        return None
-
-    def git(*args):
-        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10).stdout
-
-    try:
-        commit = git("rev-parse", "HEAD").strip()
-        dirty = git("status", "--porcelain", "--untracked-files=no").strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return commit + ("-dirty" if dirty else "") if commit else None
-
-
-def _device_name(device):
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
 def run_bench(path="data", source="auto", batches=20, batch_size=256, threads=0, repeats=3, log=print):
     threads = set_threads(threads)
     device = pick_device()
@@ -194,7 +158,8 @@ def run_bench(path="data", source="auto", batches=20, batch_size=256, threads=0,
         result[f"kd_trial_img_s_n{trials}"] = 1 / (1 / steps["kd_img_s"] + 1 / (trials * teacher))
     result = {k: round(v, 1) for k, v in result.items()}
     assert all(math.isfinite(v) and v > 0 for v in result.values())
-    result["evidence"] = evidence(device, threads, batch_size, -(-len(split) // batch_size), repeats)
+    result["evidence"] = {**evidence(device, threads), "batch_size": batch_size,
+                          "batches": -(-len(split) // batch_size), "repeats": repeats}
     return result
 
 

@@ -5,6 +5,7 @@ import time
 from pathlib import Path
 
 from .errors import UserError
+from .names import BASELINES
 
 
 def _study(args):
@@ -21,17 +22,61 @@ def cmd_validate(args):
 
 
 def cmd_baselines(args):
-    from .baselines import open_study, run_baselines
+    from .baselines import run_baselines
+    from .context import open_study
     from .engine import pick_device
-    from .report import format_table, write_baselines
+    from .tables import format_table, write_baselines
     study = _study(args)
     start = time.perf_counter()
-    device = pick_device(study.device)
-    data, store = open_study(study.data, study.seed, study.threads, device, args.results)
-    rows, _ = run_baselines(study.teacher, study.baselines, study.space, study.seed, data, store)
+    phase = run_baselines(open_study(study, args.results, pick_device(study.device)))
+    rows = [{**r.to_json(), "cached": r.cached} for r in phase.rows]
     json_path, md_path = write_baselines(rows, Path(args.results) / study.name)
     print(format_table(rows))
     print(f"\nwrote {md_path} and {json_path} in {time.perf_counter() - start:.0f} s")
+
+
+def cmd_train(args):
+    import json
+    import re
+    import torch
+    import yaml
+    from .context import open_study
+    from .engine import pick_device
+    from .evidence import evidence
+    from .tables import format_trained
+    from .train import recipe_of, train_recipe
+    study = _study(args)
+    overrides = {}
+    for item in args.set:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise UserError(f"--set {item!r}: not KEY=VALUE; fix: give a recipe field and its value, e.g. "
+                            f"--set temperature=8")
+        overrides[key.strip()] = yaml.safe_load(value)  # as in a study file: 8 is a number, dkd a string
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [study.seed]
+    except ValueError:
+        seeds = [-1]
+    if min(seeds) < 0:
+        raise UserError(f"--seeds {args.seeds!r}: not a comma-separated list of seeds (integers >= 0); fix: e.g. "
+                        f"--seeds 0,1,2")
+    label, recipe = recipe_of(study, args.recipe, overrides)
+    device = pick_device(study.device)
+    ctx = open_study(study, args.results, device)
+    trained = train_recipe(ctx, label, recipe, seeds)
+    out = trained.to_json(evidence(device, torch.get_num_threads()))
+    folder = Path(args.results) / study.name / "train"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / (re.sub(r"[^A-Za-z0-9_.=+-]", "_", label) + ".json")
+    path.write_text(json.dumps(out, indent=1) + "\n")
+    print(format_trained(out))
+    print(f"\nwrote {path}")
+
+
+def cmd_schema(args):
+    import json
+    from .config import json_schema
+    print(json.dumps(json_schema(), indent=2))
 
 
 def cmd_search(args):
@@ -43,11 +88,11 @@ def cmd_search(args):
                         f"fix: give another --name")
     if args.num_samples is not None and args.num_samples < 1:
         raise UserError(f"--num-samples must be >= 1 (got {args.num_samples}); fix: give a positive number")
-    from .report import print_summary
-    from .search import run_search
+    from .tables import print_summary
+    from .search import Options, run_search
     try:
-        report, written = run_search(study, args.study, args.results, name=args.name,
-                                     num_samples=args.num_samples, address=args.address, resume=args.resume)
+        report, written = run_search(study, args.study, Options(args.results, args.name, args.num_samples,
+                                                                 args.address, args.resume))
     except KeyboardInterrupt:
         again = " ".join(sys.argv[1:]) + ("" if args.resume else " --resume")
         print(f"kdsearch: interrupted; nothing finished is lost. To go on: kdsearch {again}", file=sys.stderr)
@@ -57,7 +102,8 @@ def cmd_search(args):
 
 def cmd_report(args):
     import json
-    from .report import print_summary, render
+    from .report import render
+    from .tables import print_summary
     folder = Path(args.folder)
     try:
         report = json.loads((folder / "report.json").read_text())
@@ -91,6 +137,7 @@ def build_parser():
         if results:
             s.add_argument("--results", default="runs", help="results and cache folder (default: runs)")
         s.set_defaults(fn=fn)
+        return s
 
     study_cmd("validate", cmd_validate, "check a study file without running anything", results=False)
     study_cmd("baselines", cmd_baselines, "train (or reuse) the teacher and the fixed student baselines")
@@ -103,6 +150,15 @@ def build_parser():
     s.add_argument("--resume", action="store_true", help="go on with the interrupted search of this name "
                                                          "(same study file and options)")
     s.add_argument("--address", help="join this Ray cluster (e.g. 10.0.0.5:6379) instead of starting a local one")
+    t = study_cmd("train", cmd_train, "train one recipe of the study on some seeds, in this process (no Ray, "
+                                      "Optuna or MLflow), reusing its stored teacher, logit table and runs")
+    t.add_argument("--recipe", default="kd_reference", choices=BASELINES,
+                   help="the study's recipe to train (default: kd_reference)")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe field, e.g. --set loss=dkd --set beta=2 (repeatable)")
+    t.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2 (default: the study's seed)")
+    sc = sub.add_parser("schema", help="print the study file's JSON Schema (for an editor's YAML language server)")
+    sc.set_defaults(fn=cmd_schema)
     r = sub.add_parser("report", help="re-render a search's report from what is stored, training nothing")
     r.add_argument("folder", help="<results>/<name> of a finished search")
     r.set_defaults(fn=cmd_report)

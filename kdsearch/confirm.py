@@ -9,129 +9,161 @@ confirmed configuration with the best mean validation accuracy.
 import dataclasses
 import json
 import time
-
+from dataclasses import dataclass, field
+from typing import Optional
 
 from .baselines import run_key
 from .config import Recipe
 from .engine import evaluate, new_model
-from .runs import save_run
-from .trial import kd_trial
-from .tuner import load_checkpoint
+from .errors import first_line
+from .models import count_params
+from .names import CONFIRMED
+from .runs import RunSpec, save_run
+from .trial import TrialData, kd_trial, load_state
 
-CONFIRMED_BASELINES = ("student_ce", "kd_reference")
+
+@dataclass
+class ConfirmEntry:
+    """One confirmed model: a search trial (its number) or a baseline (trial None), its whole recipe, and its
+    validation and test accuracy per seed, in the order of `seeds`; history: the study seed's run."""
+    model: str
+    trial: Optional[int]
+    config: dict
+    seeds: list
+    val_accs: list
+    test_accs: list
+    history: list = field(default_factory=list)
+
+    def to_json(self):
+        return {k: v for k, v in vars(self).items() if k != "history"}
 
 
-def _task(recipe, seed, view_seed, **arrays):
+@dataclass
+class Confirmation:
+    entries: list  # ConfirmEntry
+    best: int  # kd_best's index in entries
+    student: object  # kd_best's student of the study's seed (a torch module)
+    student_params: int  # its parameter count
+
+
+@dataclass
+class Workers:
+    """Where the confirmation's runs go: Ray workers with the trials' data, resources and concurrency."""
+    data: TrialData
+    resources: dict  # per run: {"cpu", "gpu"}
+    max_concurrent: int
+
+
+def _task(recipe, seed, data):
     """One confirmation run in a Ray worker: (history, state_dict on the CPU)."""
-    history, model = kd_trial({}, base=recipe, seed=seed, view_seed=view_seed, **arrays)
+    history, model = kd_trial(Recipe(**recipe), data, seed)
     if history[-1].get("diverged"):
         raise RuntimeError(f"diverged in epoch {len(history)} (the loss became NaN or infinite)")
     return history, {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 
-def load_trial_model(grid, trial, recipe, data, seed):
-    """The student of a search trial, from its last checkpoint."""
-    model = new_model(recipe["model"], len(data.classes), seed, data.train.x.device)
-    checkpoint = next(r for r in grid if (r.metrics or {}).get("trial_id") == trial["trial_id"]).checkpoint
-    model.load_state_dict(load_checkpoint(checkpoint, data.train.x.device)["model"])
-    return model
+def confirm(ctx, phase, trials, workers, tracker):
+    """Run the stage; return a Confirmation. `phase`: the engine phase (the baselines' Runs); `trials`: the
+    search's Trials, each with its last checkpoint.
 
-
-def confirm(grid, trials, rows, base, seeds, top_k, data, store, tkey, trial_args, resources, max_concurrent,
-            tracker, log):
-    """Run the stage; return (entries, index of kd_best's entry, kd_best's student of the study's seed).
-
-    An entry per confirmed model: model, trial (a search trial's number, or None for a baseline), config (the
-    whole recipe), seeds, val_accs, test_accs (per seed, in the order of `seeds`), history (the study seed's
-    run). With one seed the stage is off: the entry is the best trial alone, unconfirmed. Entries with the same
-    recipe (the first trial is kd_reference's point) share their new seeds' runs: each is trained once. A run
-    that fails takes its entries out of the confirmation; the search's report still comes.
+    With one seed the stage is off: the entry is the best trial alone, unconfirmed. Entries with the same recipe
+    (the first trial is kd_reference's point) share their new seeds' runs: each is trained once. A run that
+    fails takes its entries out of the confirmation; the search's report still comes.
     """
-    done = sorted((t for t in trials if t["state"] == "completed"), key=lambda t: -t["val_acc"])
-    entries, models = [], {}  # models: {(entry index, study seed): student}
-    for t in done[:top_k if len(seeds) > 1 else 1]:
-        config = {**base, **t["params"]}
-        models[(len(entries), seeds[0])] = load_trial_model(grid, t, config, data, seeds[0])
-        entries.append({"model": f"trial_{t['number']}", "trial": t["number"], "config": config,
-                        "runs": {seeds[0]: [t["val_acc"], None]}, "history": t["history"]})
-    by_name = {r["model"]: r for r in rows}
-    for name in CONFIRMED_BASELINES if len(seeds) > 1 else ():
-        r = by_name[name]
-        entries.append({"model": name, "trial": None, "config": r["config"], "history": r["history"],
-                        "runs": {seeds[0]: [r["val_acc"], r["test_acc"]]}})
-    jobs = {}  # (recipe, seed) -> {"entries": [...], "seed", "config", "key": the store key}
+    seeds = [ctx.study.seed + i for i in range(ctx.study.confirm.seeds)]
+    entries, students = _entries(ctx, phase, trials, seeds)
+    jobs = {}  # (recipe, seed) -> the RunSpec and the entries it serves
     for i, e in enumerate(entries):
         for s in seeds[1:]:
-            job = jobs.setdefault((json.dumps(e["config"], sort_keys=True), s),
-                                  {"entries": [], "seed": s, "config": e["config"],
-                                   "key": run_key(Recipe(**e["config"]), data, s, tkey)})
-            job["entries"].append(i)
-    todo = []
-    for job in jobs.values():
-        job["name"] = "=".join(entries[i]["model"] for i in job["entries"])
-        stored = store.load_run("runs", job["key"])
+            recipe = json.dumps(e.config, sort_keys=True)
+            jobs.setdefault((recipe, s), {"entries": [], "recipe": recipe, "spec": None})["entries"].append(i)
+    results, todo = {}, []  # results: (recipe, seed) -> (val, test)
+    for (recipe, s), job in jobs.items():
+        name = "=".join(entries[i].model for i in job["entries"])
+        config = json.loads(recipe)
+        job["spec"] = RunSpec(name, Recipe(**config), s, run_key(Recipe(**config), ctx.data, s, phase.teacher.key))
+        stored = ctx.store.load_run("runs", job["spec"].key)
         if stored is None:
             todo.append(job)
             continue
-        log(f"confirm: {job['name']} seed {job['seed']}: reusing the stored run (val {stored[1]['val_acc']:.2f}%)")
-        job["result"] = [stored[1]["val_acc"], stored[1]["test_acc"]]
-        tracker.log_confirm_run(job["name"], job["config"], job["seed"], stored[1]["history"], stored[1]["test_acc"],
-                                cached=True)
+        ctx.log(f"confirm: {name} seed {s}: reusing the stored run (val {stored[1]['val_acc']:.2f}%)")
+        results[(recipe, s)] = stored[1]["val_acc"], stored[1]["test_acc"]
+        tracker.log_confirm_run(name, config, s, stored[1]["history"], stored[1]["test_acc"], cached=True)
     failed = set()
-    for job, result in _run(todo, seeds[0], trial_args, resources, max_concurrent, log):
+    for job, result in _run(todo, workers, ctx.log):
+        spec = job["spec"]
         if result is None:  # the run raised: its entries leave the confirmation, the search's report stands
             failed.update(job["entries"])
             continue
         history, state = result
-        model = new_model(job["config"]["model"], len(data.classes), job["seed"], data.train.x.device)
+        model = new_model(spec.recipe.model, len(ctx.data.classes), spec.seed, ctx.data.train.x.device)
         model.load_state_dict(state)
         # stored as soon as it is done, with its test accuracy (for the report only, never for a choice), so that
         # a resumed or repeated search trains it no more
-        test = evaluate(model, data.test)
-        save_run(store, "runs", job["key"], job["name"], model, job["config"], history, test,
-                 history[-1]["time_s"], seed=job["seed"])
-        job["result"] = [history[-1]["val_acc"], test]
-        tracker.log_confirm_run(job["name"], job["config"], job["seed"], history, test)
-    for (i, s), model in models.items():
-        entries[i]["runs"][s][1] = evaluate(model, data.test)
-    for job in jobs.values():
-        for i in job["entries"]:
-            entries[i]["runs"][job["seed"]] = job.get("result")
+        run = save_run(ctx.store, spec, model, history, evaluate(model, ctx.data.test), history[-1]["time_s"])
+        results[(job["recipe"], spec.seed)] = run.val_acc, run.test_acc
+        tracker.log_confirm_run(spec.name, run.config, spec.seed, history, run.test_acc)
+    for i, student in students.items():  # the study seed's trial students: test accuracy once, now
+        entries[i].test_accs[0] = evaluate(student, ctx.data.test)
+    for e in entries:
+        for s in seeds[1:]:
+            val, test = results.get((json.dumps(e.config, sort_keys=True), s), (None, None))
+            e.seeds.append(s)
+            e.val_accs.append(val)
+            e.test_accs.append(test)
     keep = [i for i in range(len(entries)) if i not in failed]
-    if not any(entries[i]["trial"] is not None for i in keep):  # every confirmed trial failed: unconfirmed
-        keep, seeds = [0], seeds[:1]
-    out = [{"model": e["model"], "trial": e["trial"], "config": e["config"], "seeds": seeds,
-            "val_accs": [e["runs"][s][0] for s in seeds], "test_accs": [e["runs"][s][1] for s in seeds],
-            "history": e["history"]} for e in (entries[i] for i in keep)]
-    best = max((i for i, e in enumerate(out) if e["trial"] is not None), key=lambda i: sum(out[i]["val_accs"]))
-    return out, best, models[(keep[best], seeds[0])]
+    if not any(entries[i].trial is not None for i in keep):  # every confirmed trial failed: unconfirmed
+        keep = [0]
+        for name in ("seeds", "val_accs", "test_accs"):
+            setattr(entries[0], name, getattr(entries[0], name)[:1])
+    kept = [entries[i] for i in keep]
+    best = max((i for i, e in enumerate(kept) if e.trial is not None), key=lambda i: sum(kept[i].val_accs))
+    return Confirmation(kept, best, students[keep[best]], count_params(students[keep[best]]))
 
 
-def _run(jobs, view_seed, trial_args, resources, max_concurrent, log):
+def _entries(ctx, phase, trials, seeds):
+    """The models to confirm, each with the study seed's result: the top_k completed trials (their students read
+    from their checkpoints; test accuracy measured later), then the CONFIRMED baselines. Returns (entries,
+    {entry index: student}); with one seed, the best trial alone."""
+    done = sorted((t for t in trials if t.state == "completed"), key=lambda t: -t.val_acc)
+    base = phase.baselines["kd_reference"].config
+    entries, students = [], {}
+    for t in done[:ctx.study.confirm.top_k if len(seeds) > 1 else 1]:
+        config = {**base, **t.params}
+        student = new_model(config["model"], len(ctx.data.classes), seeds[0], ctx.data.train.x.device)
+        student.load_state_dict(load_state(t.checkpoint, ctx.data.train.x.device)["model"])
+        students[len(entries)] = student
+        entries.append(ConfirmEntry(f"trial_{t.number}", t.number, config, [seeds[0]], [t.val_acc], [None],
+                                    t.history))
+    for name in CONFIRMED if len(seeds) > 1 else ():
+        r = phase.baselines[name]
+        entries.append(ConfirmEntry(name, None, r.config, [seeds[0]], [r.val_acc], [r.test_acc], r.history))
+    return entries, students
+
+
+def _run(jobs, workers, log):
     """Yield (job, (history, state_dict) or None when the run raised) as Ray finishes the runs, at most
-    `max_concurrent` at a time (the search's limit), each with the study's per-trial resources."""
+    `workers.max_concurrent` at a time (the search's limit), each with the study's per-trial resources."""
     if not jobs:
         return
     import ray
-    shared = {k: ray.put(v) if hasattr(v, "shape") else v  # arrays go into the object store once
-              for k, v in trial_args.items() if k not in ("base", "seed")}
-    task = ray.remote(_task).options(num_cpus=resources["cpu"], num_gpus=resources["gpu"], max_retries=0)
+    data = ray.put(workers.data)  # its arrays go into the object store once
+    task = ray.remote(_task).options(num_cpus=workers.resources["cpu"], num_gpus=workers.resources["gpu"],
+                                     max_retries=0)
     queue, pending, start = list(jobs), {}, time.time()
     while queue or pending:
-        while queue and len(pending) < max_concurrent:
+        while queue and len(pending) < workers.max_concurrent:
             job = queue.pop(0)
-            recipe = dataclasses.asdict(Recipe(**job["config"]))
-            pending[task.remote(recipe, job["seed"], view_seed, **shared)] = job
+            pending[task.remote(dataclasses.asdict(job["spec"].recipe), job["spec"].seed, data)] = job
         ready, _ = ray.wait(list(pending), num_returns=1)
         job = pending.pop(ready[0])
+        spec = job["spec"]
         try:
             history, state = ray.get(ready[0])
         except Exception as e:  # a task's error: say which run, go on with the others
-            first_line = (str(e).strip().splitlines() or [""])[-1][:200]
-            log(f"confirm: {job['name']} seed {job['seed']} failed ({type(e).__name__}: {first_line}); "
-                f"it leaves the confirmation")
+            log(f"confirm: {spec.name} seed {spec.seed} failed ({first_line(str(e))}); it leaves the confirmation")
             yield job, None
             continue
-        log(f"confirm: {job['name']} seed {job['seed']}: val {history[-1]['val_acc']:.2f}% "
+        log(f"confirm: {spec.name} seed {spec.seed}: val {history[-1]['val_acc']:.2f}% "
             f"({len(pending) + len(queue)} runs left, {time.time() - start:.0f} s)")
         yield job, (history, state)

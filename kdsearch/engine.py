@@ -129,6 +129,12 @@ def train(model, recipe, train, *, seed, view_seed, val=None, teacher_logits=Non
     return history
 
 
+def curve_names(metrics):
+    """The per-epoch curves of a run, from one epoch's metrics (train's report): what MLflow and the report
+    keep of each epoch besides its number."""
+    return ["val_acc", "train_loss"] + sorted(k for k in metrics if k.startswith("loss_"))
+
+
 @torch.no_grad()
 def predict(model, x_uint8, batch_size=1024, views=None):
     """Logits for all images (eval mode, no grad, large batches); `views(idx)` replaces the plain views."""

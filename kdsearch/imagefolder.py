@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
+from .errors import UserError, first_line
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".gif", ".webp", ".tif", ".tiff"}
 SPLITS = ("train", "test")
@@ -57,8 +57,8 @@ def _archive(path, limit):
                 if parts and _keep(files, parts[:2], limit):
                     files.setdefault(parts[:2], []).append((m.name, tf.extractfile(m).read()))
     except (tarfile.TarError, OSError, EOFError) as e:
-        first_line = (str(e).splitlines() or [""])[0][:100]  # tarfile's messages run to several lines
-        raise UserError(f"cannot read archive {path} ({type(e).__name__}: {first_line}); fix: give a .tar.gz "
+        # tarfile's messages run to several lines
+        raise UserError(f"cannot read archive {path} ({first_line(e, 150)}); fix: give a .tar.gz "
                         f"image-folder archive, a folder with train/ and test/, or a CIFAR-10 folder") from None
     return files
 

@@ -8,7 +8,7 @@ accuracies), so the figures follow from report.json's trials alone; pruned, dive
 out, since their accuracies are not final."""
 import warnings
 
-from .tuner import optuna_space
+from .searcher import optuna_space
 
 MIN_TRIALS = 3  # PED-ANOVA compares the best 10 % (one trial when there are 10 or fewer) with all of them
 

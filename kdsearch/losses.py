@@ -1,13 +1,46 @@
-"""The training losses: a flat registry of builders, each made once per run with its hyperparameters.
+"""The training losses: a flat registry, each loss built once per run with its hyperparameters.
 
-`make_loss(recipe)` reads the attributes its loss needs from `recipe` (`loss`, `temperature`, `alpha`, ...) and
-returns `fn(student_logits, labels, teacher_logits) -> (loss, parts)`, where `parts` maps each term of the loss to
-its detached value, unweighted, so that a run can log how its terms move (the alpha/T trade-off of KD).
+`LOSSES[name]` holds a loss's facts: its builder, the optional recipe values it takes (beta, gamma) with their
+defaults, and whether it reads the teacher's logits. The study file's rules (config.py) are read from them, so a
+loss added here is known everywhere. `make_loss(recipe)` builds `recipe.loss` with the recipe's values (a null
+optional value gets the loss's default) and returns `fn(student_logits, labels, teacher_logits) -> (loss, parts)`,
+where `parts` maps each term of the loss to its detached value, unweighted, so that a run can log how its terms
+move (the alpha/T trade-off of KD).
 """
+from dataclasses import dataclass, field
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
 
+@dataclass(frozen=True)
+class Loss:
+    """A registered loss: build(recipe, **takes) -> fn, where `takes` maps each optional recipe value the loss
+    takes (beta, gamma) to its default, used when the recipe's value is null."""
+    name: str
+    build: Callable
+    takes: dict = field(default_factory=dict)
+    needs_teacher: bool = False  # reads the teacher's logits: a distillation loss
+
+
+LOSSES = {}  # name -> Loss, in registration order
+
+
+def register(name, needs_teacher=False, **takes):
+    """Register the decorated builder as loss `name`, taking the optional recipe values `takes` (name=default)."""
+    def add(build):
+        LOSSES[name] = Loss(name, build, takes, needs_teacher)
+        return build
+    return add
+
+
+def losses_taking(value):
+    """The losses that take the optional recipe value `value` (beta: dkd, dist), in registration order."""
+    return tuple(name for name, loss in LOSSES.items() if value in loss.takes)
+
+
+@register("ce")
 def ce(recipe):
     """Cross-entropy against the hard labels. parts: hard."""
     def fn(logits, labels, teacher_logits=None):
@@ -16,6 +49,7 @@ def ce(recipe):
     return fn
 
 
+@register("mse")
 def mse(recipe):
     """MSE between the raw logits and one-hot targets: the notebook's "normal" student. parts: mse."""
     def fn(logits, labels, teacher_logits=None):
@@ -24,6 +58,7 @@ def mse(recipe):
     return fn
 
 
+@register("kd", needs_teacher=True)
 def kd(recipe):
     """Hinton-style distillation (Hinton, Vinyals and Dean, "Distilling the Knowledge in a Neural Network",
     2015), as in the notebook, where alpha weighs the hard-label term:
@@ -40,7 +75,8 @@ def kd(recipe):
         hard = F.cross_entropy(logits, labels)
         kl = F.kl_div(F.log_softmax(logits / T, dim=1), F.log_softmax(teacher_logits / T, dim=1),
                       reduction="batchmean", log_target=True)
-        # written as before the registry took this shape: the same float operations, the same training
+        # ((1 - alpha) * T) * T * kl, not (1 - alpha) * soft: another order rounds differently, and this one is
+        # what the stored KD runs were trained with
         loss = alpha * hard + (1 - alpha) * T * T * kl
         return loss, {"hard": hard.detach(), "soft": (T * T * kl).detach()}
     return fn
@@ -51,6 +87,7 @@ def _kl(log_p_student, p_teacher):
     return F.kl_div(log_p_student, p_teacher, reduction="none").sum(1)
 
 
+@register("kd_ls", needs_teacher=True)
 def kd_ls(recipe):
     """KD on logit-standardised logits (Sun et al., "Logit Standardization in Knowledge Distillation", CVPR 2024):
 
@@ -72,7 +109,8 @@ def kd_ls(recipe):
     return fn
 
 
-def dkd(recipe):
+@register("dkd", needs_teacher=True, beta=8.0)
+def dkd(recipe, beta):
     """Decoupled KD (Zhao et al., "Decoupled Knowledge Distillation", CVPR 2022), at temperature T:
 
         loss = alpha * CE(s, y) + (1 - alpha) * (TCKD + beta * NCKD)
@@ -80,10 +118,11 @@ def dkd(recipe):
         NCKD = T^2 * KL(softmax over the non-target classes of t / T || the same of s / T)
 
     (the target logit masked out by subtracting 1000, as mdistiller). Per sample, Hinton's KD is
-    TCKD + (1 - p_target(teacher)) * NCKD: DKD frees NCKD from that weight. Defaults: T 4, beta 8 (recipe.beta
-    None); mdistiller's CE 1, TCKD 1, NCKD 8 is alpha 0.5 here. parts: hard, tckd, nckd.
+    TCKD + (1 - p_target(teacher)) * NCKD: DKD frees NCKD from that weight. Defaults: T 4, beta 8 (the
+    registered default, for a null recipe.beta); mdistiller's CE 1, TCKD 1, NCKD 8 is alpha 0.5 here. parts: hard,
+    tckd, nckd.
     """
-    T, alpha, beta = recipe.temperature, recipe.alpha, 8.0 if recipe.beta is None else recipe.beta
+    T, alpha = recipe.temperature, recipe.alpha
 
     def fn(logits, labels, teacher_logits):
         hard = F.cross_entropy(logits, labels)
@@ -99,7 +138,8 @@ def dkd(recipe):
     return fn
 
 
-def dist(recipe):
+@register("dist", needs_teacher=True, beta=1.0, gamma=1.0)
+def dist(recipe, beta, gamma):
     """DIST (Huang et al., "Knowledge Distillation from A Stronger Teacher", NeurIPS 2022): correlation, not
     exact match, between p_s = softmax(s / T) and p_t = softmax(t / T):
 
@@ -108,11 +148,10 @@ def dist(recipe):
         intra = 1 - mean over classes of pearson(p_s[:, c], p_t[:, c])   (across the batch)
 
     pearson(a, b) = <a - mean a, b - mean b> / (|a - mean a| |b - mean b| + 1e-8), as the authors' code.
-    Defaults: T 1, beta 1, gamma 1 (recipe.beta / recipe.gamma None). parts: hard, inter, intra.
+    Defaults: T 1, beta 1, gamma 1 (the registered defaults, for a null recipe.beta / recipe.gamma). parts: hard,
+    inter, intra.
     """
     T, alpha = recipe.temperature, recipe.alpha
-    beta = 1.0 if recipe.beta is None else recipe.beta
-    gamma = 1.0 if recipe.gamma is None else recipe.gamma
 
     def pearson(a, b):
         a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
@@ -128,10 +167,12 @@ def dist(recipe):
     return fn
 
 
-LOSSES = {"ce": ce, "mse": mse, "kd": kd, "kd_ls": kd_ls, "dkd": dkd, "dist": dist}
-NEEDS_TEACHER = {"kd", "kd_ls", "dkd", "dist"}  # losses that read the teacher's logits
+NEEDS_TEACHER = frozenset(name for name, loss in LOSSES.items() if loss.needs_teacher)  # the distillation losses
+OPTIONAL_VALUES = tuple(dict.fromkeys(v for loss in LOSSES.values() for v in loss.takes))  # beta, gamma
 
 
 def make_loss(recipe):
     """The loss `recipe.loss`, built once with the recipe's hyperparameters."""
-    return LOSSES[recipe.loss](recipe)
+    loss = LOSSES[recipe.loss]
+    takes = {k: default if getattr(recipe, k) is None else getattr(recipe, k) for k, default in loss.takes.items()}
+    return loss.build(recipe, **takes)

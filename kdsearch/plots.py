@@ -8,6 +8,7 @@ import matplotlib.ticker
 matplotlib.use("Agg")  # no screen: files only
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .names import CONFIRMED  # noqa: E402
 from .stats import mean_interval  # noqa: E402
 
 
@@ -30,7 +31,7 @@ def plot_report(report, folder):
             best = max(best, t["val_acc"])
         line.append((t["number"], best if best > float("-inf") else None))
     ax.plot([n for n, b in line if b is not None], [b for n, b in line if b is not None], c="k", label="best so far")
-    for name, style in (("kd_reference", "--"), ("student_ce", ":")):
+    for name, style in zip(reversed(CONFIRMED), ("--", ":")):
         if name in baselines:
             ax.axhline(baselines[name]["val_acc"], ls=style, c="gray", label=name)
     ax.set(xlabel="trial", ylabel="validation accuracy (%)", title="Optimisation history")

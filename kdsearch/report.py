@@ -1,69 +1,39 @@
-"""Presentation, and nothing else (no torch): the models table, the baselines' files and the search report.
-
-The report (report.json, report.md, trials.csv and the plots of plots.py) re-renders from report.json alone."""
+"""A search's report, and nothing else (no torch): its content (`build`, from the pipeline's records) and its
+files (report.json, report.md, trials.csv and the plots of plots.py), which re-render from report.json alone."""
 import csv
+import dataclasses
 import json
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+from .names import CONFIRMED
 from .stats import mean_sd, verdict, welch
+from .tables import ROW_KEYS, format_table, settings, timings_line, verdict_lines
 
-# the notebook's own table: test-set accuracy at its best epoch on the test set (so tuned on the test set)
-NOTEBOOK_TEST_ACC = {"teacher": 88.77, "student_mse": 65.59, "kd_reference": 76.84}
-ROW_KEYS = ("model", "params", "val_acc", "test_acc", "train_s", "config", "history", "key")
-
-
-def format_table(rows, times=True):
-    """The models table: rows need model, params, val_acc, test_acc, and train_s when `times`. Rows with seeds
-    (a search's report) show means over seeds, each with its sd and the number of seeds."""
-    over_seeds = any(len(r.get("seeds") or ()) > 1 for r in rows)
-    head = f"{'model':<14}{'params':>11}"
-    head += (f"{'val acc (sd)':>17}{'test acc (sd)':>17}{'seeds':>7}" if over_seeds
-             else f"{'val acc':>10}{'test acc':>10}")
-    head += f"{'notebook':>10}" + (f"{'train time':>12}" if times else "")
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        ref = NOTEBOOK_TEST_ACC.get(r["model"])
-        line = f"{r['model']:<14}{r['params']:>11,}"
-        if over_seeds:
-            line += "".join(f"{r[m]:>9.2f}% {_sd(r.get(m + '_sd')):>6}" for m in ("val_acc", "test_acc"))
-            line += f"{len(r['seeds']):>7}"
-        else:
-            line += f"{r['val_acc']:>9.2f}%{r['test_acc']:>9.2f}%"
-        line += f"{(f'{ref:.2f}%' if ref else '-'):>10}"
-        if times:
-            line += f"{r['train_s']:>10.1f} s" + ("  (stored)" if r.get("cached") else "")
-        lines.append(line)
-    return "\n".join(lines)
+@dataclass
+class ReportMeta:
+    """What a search's report says besides its models and trials."""
+    study: str  # the study's name
+    name: str  # the search's name (its folder)
+    space: dict  # {name: config.Param}
+    importances: dict  # importance.py's figures
+    mlflow: dict  # the tracker's info
+    dashboard: str
 
 
-def _sd(sd):
-    return f"({sd:.2f})" if sd is not None else ""
-
-
-def write_baselines(rows, folder):
-    """baselines.json (the rows) and baselines.md (the table) in `folder`; returns their paths."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = folder / "baselines.json", folder / "baselines.md"
-    paths[0].write_text(json.dumps([{k: r.get(k) for k in ROW_KEYS} for r in rows], indent=1))
-    paths[1].write_text("```\n" + format_table(rows) + "\n```\n")
-    return paths
-
-
-def build(study, name, rows, confirmed, best, best_params, trials, space, importances, mlflow, dashboard):
-    """The report's content. rows: the baselines' rows (the study's seed); confirmed, best: the confirmation
-    stage's entries and kd_best's index among them; space: {name: Param}; importances: importance.py's figures;
-    mlflow: the tracker's info."""
-    seeds = confirmed[best]["seeds"]
-    winner = confirmed[best]
-    trial = next(t for t in trials if t["number"] == winner["trial"])
-    kd_best = {"model": "kd_best", "params": best_params, "train_s": trial["train_s"], "config": winner["config"],
-               "history": winner["history"], "trial": winner["trial"]}
-    by_model = {e["model"]: e for e in confirmed if e["trial"] is None}
-    by_model["kd_best"] = winner
+def build(meta, rows, confirmation, trials):
+    """The report's content, as report.json holds it. rows: the engine phase's Runs (the study's seed);
+    confirmation: the confirmation stage's Confirmation; trials: the search's Trials."""
+    winner = confirmation.entries[confirmation.best]
+    seeds, entries = winner.seeds, [e.to_json() for e in confirmation.entries]
+    trials = [t.to_json() for t in trials]
+    trial = next(t for t in trials if t["number"] == winner.trial)
+    kd_best = {"model": "kd_best", "params": confirmation.student_params, "train_s": trial["train_s"],
+               "config": winner.config, "history": winner.history, "trial": winner.trial}
+    by_model = {e["model"]: e for e in entries if e["trial"] is None}
+    by_model["kd_best"] = entries[confirmation.best]
     out = []
-    for r in rows + [kd_best]:
+    for r in [r.to_json() for r in rows] + [kd_best]:
         e = by_model.get(r["model"])
         vals, tests = (e["val_accs"], e["test_accs"]) if e else ([r["val_acc"]], [r["test_acc"]])
         (val, val_sd), (test, test_sd) = mean_sd(vals), mean_sd(tests)
@@ -71,17 +41,16 @@ def build(study, name, rows, confirmed, best, best_params, trials, space, import
                     "val_acc": val, "test_acc": test,
                     "val_acc_sd": val_sd, "test_acc_sd": test_sd, "val_accs": vals, "test_accs": tests,
                     "seeds": seeds if e else seeds[:1]})
-    return {"study": study, "name": name, "rows": out,
-            "best_config": {k: winner["config"][k] for k in space if k in trial["params"]},  # its loss's values
+    return {"study": meta.study, "name": meta.name, "rows": out,
+            "best_config": {k: winner.config[k] for k in meta.space if k in trial["params"]},  # its loss's values
             "confirmed": len(seeds) > 1,
-            "confirmation": {"seeds": seeds, "note": CONFIRM_NOTE,
-                             "entries": [{k: v for k, v in e.items() if k != "history"} for e in confirmed]},
+            "confirmation": {"seeds": seeds, "note": CONFIRM_NOTE, "entries": entries},
             "comparison": comparisons(out) if len(seeds) > 1 else [],
             "num_trials": len(trials),
-            "space": {k: vars(p) for k, p in space.items()},
-            "families": families(trials, space, confirmed),
-            "importances": importances,
-            "trials": trials, "mlflow": mlflow, "dashboard": dashboard}
+            "space": {k: dataclasses.asdict(p) for k, p in meta.space.items()},
+            "families": families(trials, meta.space, entries),
+            "importances": meta.importances,
+            "trials": trials, "mlflow": meta.mlflow, "dashboard": meta.dashboard}
 
 
 def families(trials, space, confirmed):
@@ -113,7 +82,7 @@ def comparisons(rows):
     Welch interval and a verdict; the same for validation accuracy under "val"."""
     by = {r["model"]: r for r in rows}
     out = []
-    for b in ("student_ce", "kd_reference"):
+    for b in CONFIRMED:
         a_row, b_row = by["kd_best"], by[b]
         if len(b_row["seeds"]) < 2:  # its confirmation failed: nothing to compare with
             continue
@@ -130,22 +99,7 @@ def comparisons(rows):
     return out
 
 
-def parent_metrics(report):
-    """The MLflow parent run's summary: each row's mean (and sd) accuracies over its seeds."""
-    out = {}
-    for r in report["rows"]:
-        for m in ("val_acc", "test_acc"):  # <model>_<m> too: the search's start logged the study seed's value
-            out[f"{r['model']}_{m}"] = out[f"{r['model']}_{m}_mean"] = r[m]
-            if r[f"{m}_sd"] is not None:
-                out[f"{r['model']}_{m}_sd"] = r[f"{m}_sd"]
-    for f in report.get("families") or ():  # the best single-seed trial of each loss family
-        if f["best"] is not None:
-            out[f"best_val_acc_{f['loss']}"] = f["best"]["val_acc"]
-    out.update({f"importance_{k}": v for k, v in (report.get("importances") or {}).items()})
-    return out
-
-
-def timings(total_s, engine_s, trials, search_s, confirm_s):
+def timings(total_s, trials, engine_s, search_s, confirm_s):
     """A search's wall time, up to the report's figures, in parts: the engine phase (data, teacher, baselines
     and logits, timed once Ray and MLflow are up), the search (Tune's run: the trials' training, the union of
     their training intervals, and its overhead), the confirmation stage (its wall time), and the overhead: all
@@ -190,14 +144,14 @@ def write(report, folder, figures):
     md += [f"- {line}" for line in verdict_lines(report)] + [""]
     md += [f"{report['num_trials']} trials; best KD settings by "
            + ("mean validation accuracy over seeds" if report.get("confirmed") else "validation accuracy") + ": "
-           + _settings(best, " = ", skip=()) + ".", "",
+           + settings(best, " = ", skip=()) + ".", "",
            "```", format_table(report["rows"], times=False), "```", "",
            "Validation accuracy chose everything; test accuracy was measured once per model, for this table. The "
            "notebook column is the notebook's own test-set result (its numbers were tuned on the test set).", ""]
     if report.get("confirmed"):
         md += [report["confirmation"]["note"], ""]
     if report.get("timings"):
-        md += [_timings_line(report), ""]
+        md += [timings_line(report), ""]
     md += _families_md(report) + _importances_md(report)
     md += [f"MLflow: `{m['ui_command']}` (experiment `{m['experiment']}`, parent run `{m['parent_run_id']}`).", ""]
     md += [f"![{p.stem}]({p.name})" for p in figures if p.suffix == ".png"]
@@ -220,7 +174,7 @@ def _families_md(report):
             continue
         mean = f"{b['confirmed_val_acc']:.2f} %" if b.get("confirmed_val_acc") is not None else "-"
         md.append(f"| {f['loss']} | {f['trials']} ({f['completed']}) | {b['val_acc']:.2f} % | {mean} | "
-                  f"{b['trial']} | {_settings(b['params'])} |")
+                  f"{b['trial']} | {settings(b['params'])} |")
     return md + [""]
 
 
@@ -245,30 +199,6 @@ IMPORTANCE_EVALUATOR = ("Optuna's PED-ANOVA evaluator (its default): how much ea
                         "normalised to sum to 1")
 
 
-def _settings(params, sep=" ", skip=("loss",)):
-    """e.g. "temperature 3.558, alpha 0.6459": floats to 4 significant digits."""
-    return ", ".join(f"{k}{sep}{v:.4g}" if isinstance(v, float) else f"{k}{sep}{v}" for k, v in params.items()
-                     if k not in skip)
-
-
-def verdict_lines(report):
-    """The verdicts that lead the report: kd_best against each baseline, or why there are none."""
-    if "confirmation" not in report:
-        return ["kd_best is unconfirmed: this report predates the confirmation over seeds; no intervals."]
-    if not report.get("confirmed"):
-        return ["kd_best is unconfirmed: it is the best single-seed trial (confirm.seeds: 1); no intervals."]
-    return [f"test accuracy: {c['verdict']}" for c in report["comparison"]]
-
-
-def _timings_line(report):
-    t = report["timings"]
-    search = f"search {t['search_s']:.0f} s, of it " if "search_s" in t else ""
-    return (f"{report['num_trials']} trials; {t['total_s']:.0f} s in all: {t['engine_s']:.0f} s data, teacher, "
-            f"baselines and logits; {search}{t['trial_training_s']:.0f} s training trials; "
-            f"{t.get('confirm_s', 0):.0f} s confirmation; {t['overhead_s']:.0f} s "
-            f"({100 * t['overhead_s'] / t['total_s']:.1f}%) overhead (Ray start, trial start-up, Optuna, MLflow, report)")
-
-
 def _trials_csv(report, path):
     """One line per trial; confirmed trials also carry their means over the confirmation's seeds."""
     keys = sorted({k for t in report["trials"] for k in t["params"]})
@@ -283,22 +213,3 @@ def _trials_csv(report, path):
             means = [mean_sd(e["val_accs"])[0], mean_sd(e["test_accs"])[0], len(e["seeds"])] if e else ["", "", ""]
             w.writerow([t["number"], t["trial_id"], t["state"], *[t["params"].get(k) for k in keys],
                         t["val_acc"], t["epochs_run"], round(t["train_s"], 1), *means, t.get("error") or ""])
-
-
-def print_summary(report, written, out=sys.stdout):
-    for line in verdict_lines(report):
-        print(line, file=out)
-    print("", file=out)
-    print(format_table(report["rows"], times=False), file=out)
-    if report.get("families") or report.get("importances"):
-        print("", file=out)
-    for f in report.get("families") or ():
-        b = f["best"]
-        print(f"best {f['loss']}: " + (f"{b['val_acc']:.2f}% val (trial {b['trial']}; {_settings(b['params'])})"
-                                       if b else "no completed trial"), file=out)
-    if report.get("importances"):
-        print("importances: " + ", ".join(f"{k} {v:.2f}" for k, v in report["importances"].items()), file=out)
-    if report.get("timings"):
-        print("\n" + _timings_line(report), file=out)
-    print(f"report: {written[1]}", file=out)
-    print(f"MLflow: {report['mlflow']['ui_command']}", file=out)

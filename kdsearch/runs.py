@@ -1,52 +1,79 @@
-"""One model trained by a recipe, or read back from the store when the same run was done before."""
+"""One model trained by a recipe, or read back from the store when the same run was done before, and its
+record."""
 import dataclasses
-import sys
 import time
+from dataclasses import dataclass, field
+from typing import Optional
 
-from .errors import UserError
 from .engine import evaluate, new_model, train
+from .errors import UserError
 from .models import count_params
 
 
-def log_stderr(msg):
-    print(msg, file=sys.stderr, flush=True)
+@dataclass
+class Run:
+    """A trained model's record: the one row schema of the store, baselines.json and the confirmation."""
+    model: str  # its name: teacher, student_ce, trial_3, ...
+    key: str  # its store key
+    params: int  # parameter count
+    val_acc: float
+    test_acc: float  # measured once, right after training; nothing is ever chosen by it
+    train_s: float
+    history: list  # per epoch: the engine's metrics
+    config: dict  # its recipe
+    seed: Optional[int] = None  # initialisation and batch order (None: a row stored before it was recorded)
+    cached: bool = field(default=False, compare=False)  # read back from the store, not trained now
+
+    def to_json(self):
+        return {k: v for k, v in vars(self).items() if k != "cached" and not (k == "seed" and v is None)}
+
+    @classmethod
+    def from_json(cls, row, cached=False):
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in row.items() if k in known}, cached=cached)
 
 
-def train_or_load(store, kind, key, name, recipe, data, *, seed, teacher_logits=None, log=log_stderr):
-    """Return (model, row), on the data's device. row: model (the name), key, params, val_acc, test_acc, train_s,
-    history, config (the recipe), cached. teacher_logits: a function that returns the teacher's logit table,
-    called only when the run is trained (a stored run needs none).
+@dataclass(frozen=True)
+class RunSpec:
+    """A run to make: its name, recipe (config.Recipe), seed (initialisation and batch order) and store key."""
+    name: str
+    recipe: object
+    seed: int
+    key: str
+    kind: str = "runs"  # the store's folder: runs, or teacher
 
-    The test accuracy is measured once, right after training, and stored with the run: nothing is ever chosen
-    by it (searches compare validation accuracy).
-    """
-    model = new_model(recipe.model, len(data.classes), seed, data.train.x.device)
-    stored = store.load_run(kind, key)
+
+def save_run(store, spec, model, history, test_acc, train_s):
+    """Store a trained model with its Run; return the Run."""
+    run = Run(model=spec.name, key=spec.key, params=count_params(model), val_acc=history[-1]["val_acc"],
+              test_acc=test_acc, train_s=train_s, history=history, config=dataclasses.asdict(spec.recipe),
+              seed=spec.seed)
+    store.save_run(spec.kind, spec.key, model, run.to_json())
+    return run
+
+
+def train_or_load(ctx, spec, teacher_logits=None):
+    """Return (model, Run), on the data's device, for `spec` in the study `ctx`. teacher_logits: a function that
+    returns the teacher's logit table, called only when the run is trained (a stored run needs none). The views
+    are always the study seed's, which the logit table holds."""
+    data, log, recipe = ctx.data, ctx.log, spec.recipe
+    model = new_model(recipe.model, len(data.classes), spec.seed, data.train.x.device)
+    stored = ctx.store.load_run(spec.kind, spec.key)
     if stored is not None:
         model.load_state_dict(stored[0])
-        log(f"{name}: reusing the stored run {kind}/{key} (val {stored[1]['val_acc']:.2f}%)")
-        return model, {**stored[1], "cached": True}
-    log(f"{name}: training {recipe.model} with {recipe.loss} for {recipe.epochs} epochs on {len(data.train)} images")
+        log(f"{spec.name}: reusing the stored run {spec.kind}/{spec.key} (val {stored[1]['val_acc']:.2f}%)")
+        return model, Run.from_json(stored[1], cached=True)
+    log(f"{spec.name}: training {recipe.model} with {recipe.loss} for {recipe.epochs} epochs on {len(data.train)} "
+        f"images")
 
     def report(m, state):
-        log(f"{name}: epoch {m['epoch']}/{recipe.epochs} loss {m['train_loss']:.4f} val {m['val_acc']:.2f}% "
+        log(f"{spec.name}: epoch {m['epoch']}/{recipe.epochs} loss {m['train_loss']:.4f} val {m['val_acc']:.2f}% "
             f"({m['time_s']:.0f} s)")
 
     start = time.perf_counter()
-    history = train(model, recipe, data.train, seed=seed, view_seed=seed, val=data.val,
+    history = train(model, recipe, data.train, seed=spec.seed, view_seed=ctx.study.seed, val=data.val,
                     teacher_logits=teacher_logits() if teacher_logits else None, report=report)
     if history[-1].get("diverged"):
-        raise UserError(f"{name} diverged in epoch {len(history)} (its loss became NaN or infinite) with lr "
-                        f"{recipe.lr}; fix: lower {name}'s lr in the study file")
-    row = save_run(store, kind, key, name, model, dataclasses.asdict(recipe), history,
-                   evaluate(model, data.test), time.perf_counter() - start)
-    return model, {**row, "cached": False}
-
-
-def save_run(store, kind, key, name, model, config, history, test_acc, train_s, **extra):
-    """Store a trained model with its row (the one row schema: model, key, params, val_acc, test_acc, train_s,
-    history, config); return the row."""
-    row = {"model": name, "key": key, "params": count_params(model), "val_acc": history[-1]["val_acc"],
-           "test_acc": test_acc, "train_s": train_s, "history": history, "config": config, **extra}
-    store.save_run(kind, key, model, row)
-    return row
+        raise UserError(f"{spec.name} diverged in epoch {len(history)} (its loss became NaN or infinite) with lr "
+                        f"{recipe.lr}; fix: lower {spec.name}'s lr in the study file")
+    return model, save_run(ctx.store, spec, model, history, evaluate(model, data.test), time.perf_counter() - start)

@@ -9,10 +9,12 @@ are renamed into place: an interrupted run leaves nothing half-written.
 import hashlib
 import json
 import os
-import sys
 from pathlib import Path
 
 import torch
+
+from .errors import first_line
+from .log import log_stderr
 
 ENGINE_VERSION = "2"  # bump when a change to training makes old cached models wrong
 
@@ -33,7 +35,7 @@ def _atomic(path, write):
 
 
 class Store:
-    def __init__(self, root, log=lambda m: print(m, file=sys.stderr)):
+    def __init__(self, root, log=log_stderr):
         self.root, self.log = Path(root), log
 
     def _paths(self, kind, key):
@@ -68,7 +70,7 @@ class Store:
         return torch.load(pt, map_location="cpu", weights_only=True)
 
     def _damaged(self, pt, js, error):
-        self.log(f"cache: {pt} is damaged ({type(error).__name__}: {str(error).splitlines()[0][:100]}); "
+        self.log(f"cache: {pt} is damaged ({first_line(error, 150)}); "
                  f"recomputing it")
         for p in (pt, js):
             if p is not None:

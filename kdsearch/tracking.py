@@ -1,4 +1,4 @@
-"""Everything kdsearch writes to MLflow, and the Tune callback that writes the trials, in the driver only.
+"""Everything kdsearch writes to MLflow, in the driver only (tune_callback.py calls it for the trials).
 
 Only the driver writes (an sqlite store does not like many writers).
 
@@ -17,7 +17,15 @@ import mlflow  # noqa: E402
 from mlflow.entities import Metric  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from .errors import UserError  # noqa: E402
+from .engine import curve_names  # noqa: E402
+from .errors import UserError, first_line  # noqa: E402
+
+
+ACCURACIES = ("val_acc", "test_acc")  # a model's accuracies on the parent run, as <model>_<accuracy>[_mean|_sd]
+
+
+def metric_name(model, accuracy, stat=""):
+    return f"{model}_{accuracy}{stat}"
 
 
 def default_uri(results):
@@ -33,8 +41,8 @@ def check_uri(uri, file):
         try:
             urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).close()
         except Exception as e:
-            raise UserError(f"{file}: tracking.uri {uri}: the MLflow server does not answer ({type(e).__name__}: "
-                            f"{str(e)[:100]}); {fix}") from None
+            raise UserError(f"{file}: tracking.uri {uri}: the MLflow server does not answer ({first_line(e, 120)}); "
+                            f"{fix}") from None
     elif uri.startswith(("sqlite:///", "file:")) or "://" not in uri:
         path = Path(uri.split("sqlite:///", 1)[1] if uri.startswith("sqlite:///") else uri.split("file:", 1)[-1])
         folder = next(p for p in [path.parent, *path.parent.parents] if p.exists())
@@ -50,7 +58,7 @@ def open_tracker(uri, experiment, artifact_root):
     try:
         return Tracker(uri, experiment, artifact_root)
     except Exception as e:  # an unreachable server, a bad URI, a deleted experiment of that name
-        raise UserError(f"cannot use the MLflow store {uri} ({type(e).__name__}: {str(e)[:150]}); fix: check "
+        raise UserError(f"cannot use the MLflow store {uri} ({first_line(e, 170)}); fix: check "
                         f"tracking.uri, or restore or rename tracking.experiment") from None
 
 
@@ -86,7 +94,7 @@ class Tracker:
     def start_parent(self, run_name, search_id, study_file, params, baseline_rows):
         """The search's parent run, or the one an interrupted search of the same `search_id` started (set
         RUNNING again, with its confirmation runs, so that a resumed search adds to it and never starts a second).
-        baseline_rows: report rows (model, val_acc, test_acc), logged as <model>_val_acc, <model>_test_acc."""
+        baseline_rows: the engine phase's Runs, logged as <model>_val_acc, <model>_test_acc."""
         found = self.client.search_runs([self.experiment_id], f"tags.`kdsearch.search_id` = '{search_id}'")
         if found:
             self.parent = found[0].info.run_id
@@ -100,7 +108,7 @@ class Tracker:
         self.client.log_artifact(self.parent, str(study_file))
         for k, v in params.items():
             self.client.log_param(self.parent, k, v)
-        metrics = [Metric(f"{r['model']}_{m}", r[m], 0, 0) for r in baseline_rows for m in ("val_acc", "test_acc")]
+        metrics = [Metric(metric_name(r.model, m), getattr(r, m), 0, 0) for r in baseline_rows for m in ACCURACIES]
         self.client.log_batch(self.parent, metrics=metrics)
         return self.parent
 
@@ -140,9 +148,8 @@ class Tracker:
             return
         self.logged[trial_id] = epoch
         ts = int(metrics.get("wall", 0) * 1000)
-        names = ["val_acc", "train_loss"] + sorted(k for k in metrics if k.startswith("loss_"))
         self.client.log_batch(self.children[trial_id], metrics=[
-            Metric(k, float(metrics[k]), ts, epoch) for k in names if math.isfinite(float(metrics[k]))])
+            Metric(k, float(metrics[k]), ts, epoch) for k in curve_names(metrics) if math.isfinite(float(metrics[k]))])
 
     def end_trial(self, trial_id, state, error=None):
         """state: completed, pruned, diverged or failed (the tag kdsearch.state; the run status is FINISHED,
@@ -176,17 +183,18 @@ class Tracker:
                                            "kdsearch.model": model, "kdsearch.cached": str(cached).lower()})
         self.confirm_runs[(model, seed)] = run.info.run_id
         params = [mlflow.entities.Param(k, str(v)) for k, v in {**config, "seed": seed}.items()]
-        names = ["val_acc", "train_loss"] + sorted(k for k in history[-1] if k.startswith("loss_"))
-        metrics = [Metric(k, float(h[k]), 0, h["epoch"]) for h in history for k in names if h.get(k) is not None]
+        metrics = [Metric(k, float(h[k]), 0, h["epoch"]) for h in history for k in curve_names(history[-1])
+                   if h.get(k) is not None]
         self.client.log_batch(run.info.run_id, params=params, metrics=metrics + [Metric("test_acc", test_acc, 0, 0)])
         self.client.set_terminated(run.info.run_id, "FINISHED")
 
-    def log_best(self, best_metrics, best_params, model, input_example):
-        """The final summary (means over seeds: step 1, after the study seed's values at step 0), the best
-        settings and the kd_best model."""
+    def log_best(self, report, model, input_example):
+        """The report's summary (parent_metrics: means over seeds at step 1, after the study seed's values at
+        step 0), the best settings and the kd_best model."""
         now = int(time.time() * 1000)
-        self.client.log_batch(self.parent, metrics=[Metric(k, v, now, 1) for k, v in best_metrics.items()],
-                              params=[mlflow.entities.Param(f"best_{k}", str(v)) for k, v in best_params.items()])
+        self.client.log_batch(self.parent, metrics=[Metric(k, v, now, 1) for k, v in parent_metrics(report).items()],
+                              params=[mlflow.entities.Param(f"best_{k}", str(v))
+                                      for k, v in report["best_config"].items()])
         if model is not None:
             import copy
             import warnings
@@ -209,45 +217,16 @@ class Tracker:
             self.client.set_terminated(self.parent, status)
 
 
-def _short(value):
-    return f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
-
-
-def trial_callback(tracker, space_names, log):
-    """A Tune callback, in the driver, that mirrors each trial into an MLflow child run and prints its epochs.
-    A trial's final state comes from its last result by trial.trial_state, the rule the searcher follows too."""
-    from ray import tune
-
-    from .trial import error_line, trial_state
-
-    class TrackTrials(tune.Callback):
-        def on_trial_start(self, iteration, trials, trial, **info):
-            tracker.start_trial(trial.trial_id, f"trial_{trial.trial_id}",
-                                {k: v for k, v in trial.config.items() if k in space_names})
-
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            tracker.log_epoch(trial.trial_id, result["epoch"], result)
-            log(f"trial {trial.trial_id}: epoch {result['epoch']}/{result['epochs']} val {result['val_acc']:.2f}% "
-                + " ".join(f"{k}={_short(trial.config[k])}" for k in space_names if k in trial.config)
-                + (" DIVERGED (loss NaN or infinite): stopped" if result.get("diverged") else ""))
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            tracker.end_trial(trial.trial_id, trial_state(trial.last_result))
-
-        def on_trial_recover(self, iteration, trials, trial, **info):
-            log(f"trial {trial.trial_id}: failed ({_error(trial)}); retrying from its last checkpoint "
-                f"({trial.num_failures} failure(s) so far)")
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            log(f"trial {trial.trial_id}: failed ({_error(trial)}) after {trial.num_failures} tries; the search "
-                f"goes on")
-            tracker.end_trial(trial.trial_id, "failed", _error(trial))
-
-    def _error(trial):
-        try:
-            text = Path(trial.error_file).read_text().split("Failure #")[1]  # the first failure
-            return error_line(text.split("\n", 1)[1])
-        except (OSError, TypeError, IndexError):
-            return "unknown error"
-
-    return TrackTrials()
+def parent_metrics(report):
+    """The MLflow parent run's summary: each row's mean (and sd) accuracies over its seeds."""
+    out = {}
+    for r in report["rows"]:
+        for m in ACCURACIES:  # <model>_<m> too: the search's start logged the study seed's value
+            out[metric_name(r["model"], m)] = out[metric_name(r["model"], m, "_mean")] = r[m]
+            if r[f"{m}_sd"] is not None:
+                out[metric_name(r["model"], m, "_sd")] = r[f"{m}_sd"]
+    for f in report.get("families") or ():  # the best single-seed trial of each loss family
+        if f["best"] is not None:
+            out[f"best_val_acc_{f['loss']}"] = f["best"]["val_acc"]
+    out.update({f"importance_{k}": v for k, v in (report.get("importances") or {}).items()})
+    return out

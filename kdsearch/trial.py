@@ -1,16 +1,57 @@
-"""One search trial (or confirmation run) as a plain function call, and the rule for a trial stopped early.
+"""One search trial (or confirmation run) as a plain function call, its record, and the rule for how it ended.
 
-A trial is a KD training of the student with the searched values over kd_reference's recipe, each epoch handed
-to a report callback; a confirmation run is the same with another seed. No Ray here: tuner.py and confirm.py
-call it in Ray's workers."""
+A trial is a KD training of the student by a recipe (kd_reference's, with the searched values), each epoch
+handed to a report callback; a confirmation run is the same with another seed. No Ray here: tuner.py and
+confirm.py call it in Ray's workers."""
+import os
 import time
 import warnings
+from dataclasses import dataclass, field
+from typing import Optional
 
+import numpy as np
 import torch
 
-from .config import Recipe
 from .data import to_split
 from .engine import new_model, set_threads, train
+
+CHECKPOINT = "trial.pt"  # a trial's whole training state, in its checkpoint folder
+
+
+@dataclass(frozen=True)
+class TrialData:
+    """Everything a trial needs but its recipe and seed, handed to Ray as one object. Numpy, not torch: Ray puts
+    the arrays into its object store once and every trial reads them zero-copy (read-only); a tensor would be
+    copied into each trial process."""
+    train_x: np.ndarray  # uint8 (N, H, W, 3)
+    train_y: np.ndarray  # int64 (N,)
+    val_x: np.ndarray
+    val_y: np.ndarray
+    logits: np.ndarray  # the teacher's (epochs, N, classes) logit table
+    num_classes: int
+    view_seed: int  # the study's seed: it fixes the augmented views, and so the logit table
+    device: str = "cpu"  # where a trial trains
+    threads: int = 1  # torch CPU threads per trial: its CPUs
+
+
+@dataclass
+class Trial:
+    """A search trial's record, as report.json and trials.csv hold it (`checkpoint` aside)."""
+    number: int  # Optuna's trial number
+    trial_id: Optional[str]  # Tune's
+    state: str  # trial_state: completed, pruned, diverged or failed
+    error: Optional[str]  # a failed trial's error, one line
+    params: dict  # the searched values
+    val_acc: Optional[float]  # the last epoch's
+    epochs_run: int
+    train_s: float
+    train_start: Optional[float]  # time.time() at its start and its last epoch, for the search's timings
+    train_end: Optional[float]
+    history: list = field(default_factory=list)  # per epoch: epoch, val_acc, train_loss, loss_<part>
+    checkpoint: Optional[str] = field(default=None, repr=False)  # its last checkpoint's folder (not reported)
+
+    def to_json(self):
+        return {k: v for k, v in vars(self).items() if k != "checkpoint"}
 
 
 def trial_state(result, error=False):
@@ -24,37 +65,36 @@ def trial_state(result, error=False):
     return "pruned" if result.get("epoch", 0) < result.get("epochs", 0) else "completed"
 
 
-def error_line(text):
-    """The first line of an error as a user reads it: the exception's last traceback line, e.g. `ValueError: x`."""
-    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip() and not ln.startswith((" ", "Failure #"))]
-    return (lines[-1] if lines else str(text).strip())[:300]
+def save_state(state, folder):
+    torch.save(state, os.path.join(folder, CHECKPOINT))
 
 
-def kd_trial(config, *, train_x, train_y, val_x, val_y, logits, base, seed, threads, device, num_classes,
-             report=None, view_seed=None, resume=None):
-    """Train a model by Recipe(**base, **config) on NHWC uint8 arrays and the teacher's logit table (numpy);
-    return (history, model).
+def load_state(folder, device="cpu"):
+    """A trial's training state (engine.train's `state()`) from its checkpoint folder."""
+    return torch.load(os.path.join(folder, CHECKPOINT), map_location=device, weights_only=True)
 
-    seed: initialisation and batch order; view_seed (default: seed): the study's seed, which fixes the augmented
-    views and so the logit table. report(metrics, state) is called after every epoch; metrics are the engine's
-    plus `epochs` (what the config asked for: see `trial_state`), `train_start` and `wall` (time.time(), for
-    the search's timings); state() is the run's whole state (engine.train), and `resume` such a state to go on
-    from.
+
+def kd_trial(recipe, data, seed, report=None, resume=None):
+    """Train a model by `recipe` (a config.Recipe) on `data` (TrialData); return (history, model).
+
+    seed: initialisation and batch order (the views stay data.view_seed's). report(metrics, state) is called
+    after every epoch; metrics are the engine's plus `epochs` (what the recipe asked for: see `trial_state`),
+    `train_start` and `wall` (time.time(), for the search's timings); state() is the run's whole state
+    (engine.train), and `resume` such a state to go on from.
     """
-    set_threads(threads)
-    device = torch.device(device)
+    set_threads(data.threads)
+    device = torch.device(data.device)
     with warnings.catch_warnings():  # object-store arrays are read-only; nothing here writes to them
         warnings.simplefilter("ignore", UserWarning)
-        train_split, val_split = to_split(train_x, train_y, device), to_split(val_x, val_y, device)
-        table = torch.from_numpy(logits).to(device)
-    recipe = Recipe(**{**base, **config})
-    model = new_model(recipe.model, num_classes, seed, device)
+        train_split, val_split = to_split(data.train_x, data.train_y, device), to_split(data.val_x, data.val_y, device)
+        table = torch.from_numpy(data.logits).to(device)
+    model = new_model(recipe.model, data.num_classes, seed, device)
     start = time.time()
 
     def on_epoch(m, state):
         if report is not None:
             report({**m, "epochs": recipe.epochs, "train_start": start, "wall": time.time()}, state)
 
-    history = train(model, recipe, train_split, seed=seed, view_seed=seed if view_seed is None else view_seed,
-                    val=val_split, teacher_logits=table, report=on_epoch, resume=resume)
+    history = train(model, recipe, train_split, seed=seed, view_seed=data.view_seed, val=val_split,
+                    teacher_logits=table, report=on_epoch, resume=resume)
     return history, model

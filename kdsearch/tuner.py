@@ -1,197 +1,52 @@
-"""Ray and the Tuner: a local Ray on loopback (or a joined cluster), the Optuna searcher, the Tuner.
-
-Ray is imported inside functions only: start_ray sets the environment that Ray reads when it is imported."""
+"""The Tuner: the trial under Tune (checkpoints, resume), ASHA's rungs kept across resumes, the Tuner itself,
+its run (Ctrl-C included) and its trials read back as records. Ray is imported inside functions only."""
 import glob
 import logging
+import math
 import os
 import shutil
+import signal
 import tempfile
+from dataclasses import dataclass
+from pathlib import Path
 
-from .errors import UserError
-from .trial import kd_trial, trial_state
-
-
-def start_ray(address, log):
-    """Join `address`, or start a local Ray on 127.0.0.1 with the dashboard; return the dashboard URL."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no progress tables; we print our own lines
-    # a forced experiment snapshot per checkpoint is expected here (num_to_keep=1); do not warn about it
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    if address is None:
-        # Ray's single-node path keeps the node and every listener on 127.0.0.1 (else it binds all interfaces).
-        # A local instance listens on loopback only, so we run it without Ray 2.60's token authentication:
-        # the dashboard then opens in a browser as is.
-        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    if address is not None:
-        # if the cluster stops answering between check_address and here: one try of seconds, not 14 minutes
-        os.environ.setdefault("RAY_gcs_rpc_server_connect_timeout_s", "2")  # read when ray is imported
-        os.environ.setdefault("RAY_py_gcs_connect_timeout_s", "5")
-        os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "1")  # the tries (read by ray.init)
-    import ray
-    if address is None:
-        # "local": a new instance even when RAY_ADDRESS is set or a `ray start` cluster runs on this machine
-        ctx = ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False,
-                       configure_logging=False)
-    else:
-        try:
-            ctx = ray.init(address=address, log_to_driver=False)
-        except (ConnectionError, RuntimeError, ValueError) as e:
-            raise UserError(f"cannot join the Ray cluster at --address {address} ({type(e).__name__}: "
-                            f"{str(e)[:120]}); fix: check the address (ray status on the head node), and set "
-                            f"RAY_AUTH_MODE=token if the cluster uses token authentication") from None
-    import optuna
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    url = f"http://{ctx.dashboard_url}" if ctx.dashboard_url else "(dashboard not available)"
-    node = ray.nodes()[0]["NodeManagerAddress"] if address is None else None
-    log(f"ray: {f'started a local instance on {node}' if node else 'joined ' + address}; dashboard {url}")
-    return url
+from .config import Recipe
+from .engine import curve_names
+from .errors import first_line
+from .searcher import NUMBER
+from .trial import Trial, TrialData, kd_trial, load_state, save_state, trial_state
 
 
-def check_address(address, timeout=3.0):
-    """A Ray cluster must answer at `address` (host:port), checked before anything is written: ray.init would
-    retry for 14 minutes. Ray's GCS speaks gRPC, so it answers HTTP/2's connection preface with a SETTINGS
-    frame; a closed port refuses, and another server answers something else (or nothing)."""
-    import socket
-    host, _, port = address.rpartition(":")
-    fix = "fix: give the head node's address as HOST:PORT (ray status on the head node prints it)"
-    if not host or not port.isdigit():
-        raise UserError(f"--address {address}: not HOST:PORT; {fix}")
-    try:
-        with socket.create_connection((host, int(port)), timeout=timeout) as conn:
-            conn.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))
-            frame = conn.recv(9)
-    except OSError as e:
-        raise UserError(f"--address {address}: no Ray cluster answers there ({type(e).__name__}: {e}); "
-                        f"{fix}") from None
-    if len(frame) < 9 or frame[3] != 4:
-        raise UserError(f"--address {address}: something listens there, but not a Ray cluster; {fix}")
+@dataclass
+class TuneJob:
+    """What the Tuner runs and where: the trials' data (into the object store once), kd_reference's recipe as a
+    dict (every trial's base), the resources of one trial ({"cpu", "gpu"}), the search's folder (Tune writes
+    <folder>/ray) and the longest a trial can run (ASHA's last rung)."""
+    data: TrialData
+    base: dict
+    resources: dict
+    folder: Path
+    max_epochs: int
 
 
-def stop_ray():
-    import ray
-    ray.shutdown()
-
-
-def optuna_space(space):
-    import optuna.distributions as od
-    out = {}
-    for name, p in space.items():
-        if p.type == "choice":
-            out[name] = od.CategoricalDistribution(p.values)
-        elif p.type == "int":
-            out[name] = od.IntDistribution(int(p.low), int(p.high), step=p.step or 1)
-        else:
-            out[name] = od.FloatDistribution(p.low, p.high, log=p.type == "loguniform")
-    return out
-
-
-class ConditionalSpace:
-    """Optuna's define-by-run space for a searched loss: the loss first, then each value its loss takes
-    (Param.losses), so that TPE sees a conditional space and no trial draws or shows a value its loss ignores.
-    A module-level class: Tune saves the searcher's state, this included, with plain pickle."""
-
-    def __init__(self, space):
-        self.space = space
-
-    def __call__(self, trial):
-        loss = trial.suggest_categorical("loss", self.space["loss"].values)
-        for name, p in self.space.items():
-            if name == "loss" or (p.losses is not None and loss not in p.losses):
-                continue
-            if p.type == "choice":
-                trial.suggest_categorical(name, p.values)
-            elif p.type == "int":
-                trial.suggest_int(name, int(p.low), int(p.high), step=p.step or 1)
-            else:
-                trial.suggest_float(name, p.low, p.high, log=p.type == "loguniform")
-
-
-def first_point(space, kd_reference, log):
-    """kd_reference's settings (by default the notebook's T 4.5, alpha 0.8, lr 1e-3), moved to the nearest
-    point of the space, so that the first trial is the reference."""
-    point = {}
-    for name in sorted(space, key=lambda n: n != "loss"):  # the loss first: the other values depend on it
-        p, value = space[name], getattr(kd_reference, name)
-        if value is None or (p.losses is not None and point.get("loss", kd_reference.loss) not in p.losses):
-            continue  # not a value of the first trial's loss (or kd_reference has none: Optuna draws it)
-        if p.type == "choice" and value not in p.values and isinstance(value, str):
-            clipped = p.values[0]
-        elif p.type == "choice":
-            clipped = value if value in p.values else min(p.values, key=lambda v: abs(v - value))
-        else:
-            clipped = min(max(value, p.low), p.high)
-        if p.type == "int":
-            step = p.step or 1
-            clipped = min(int(p.low + round((clipped - p.low) / step) * step), int(p.high))
-        if clipped != value:
-            log(f"search: kd_reference's {name} = {value} lies outside the space; the first trial uses {clipped}")
-        point[name] = clipped
-    return point
-
-
-NUMBER = "optuna_number"  # the key under which a trial's config carries its Optuna trial number
-
-
-def make_searcher(space, seed, first=None):
-    """Ray's OptunaSearch (TPE, seeded), told the truth about trials a scheduler stopped early or that diverged.
-
-    Ray's OptunaSearch reports every trial with a result as COMPLETE, so a trial ASHA stopped after 2 of 30
-    epochs would reach TPE as a finished trial with its 2-epoch score; this one tells Optuna PRUNED instead, and
-    FAIL for a diverged trial (trial_state, the one rule). Each trial's config carries its Optuna number under
-    NUMBER, so the trial's results say which Optuna trial they are, across resumes too.
-    """
-    from optuna.trial import TrialState
-    from ray.tune.search.optuna import OptunaSearch
-    told = {"pruned": TrialState.PRUNED, "diverged": TrialState.FAIL}
-
-    class Searcher(OptunaSearch):
-        def suggest(self, trial_id):
-            config = super().suggest(trial_id)
-            if isinstance(config, dict) and trial_id in self._ot_trials:
-                config = {**config, NUMBER: self._ot_trials[trial_id].number}
-            return config
-
-        def on_trial_complete(self, trial_id, result=None, error=False):
-            state = trial_state(result, error)
-            if state in told and trial_id in self._ot_trials and trial_id not in self._completed_trials:
-                self._ot_study.tell(self._ot_trials[trial_id], state=told[state])
-                self._completed_trials.add(trial_id)
-                return
-            super().on_trial_complete(trial_id, result, error)
-
-    conditional = "loss" in space
-    return Searcher(space=ConditionalSpace(space) if conditional else optuna_space(space), metric="val_acc",
-                    mode="max", seed=seed,
-                    points_to_evaluate=[first] if first else None)
-
-
-def tune_trial(config, **kwargs):
+def tune_trial(config, data, base):
     """kd_trial under Tune: each epoch's metrics go to tune.report with a checkpoint of the whole training state
     (weights, optimizer, schedule, batch order, history), and a trial restarted after a failure or a resume goes
     on from its last checkpoint as if it had never stopped."""
-    import torch
     from ray import tune
 
     def report(metrics, state):
         with tempfile.TemporaryDirectory() as d:
-            torch.save(state(), os.path.join(d, CHECKPOINT))
+            save_state(state(), d)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
-    config = {k: v for k, v in config.items() if k != NUMBER}
-    kd_trial(config, **kwargs, report=report, resume=load_checkpoint(tune.get_checkpoint()))
-
-
-CHECKPOINT = "trial.pt"
-
-
-def load_checkpoint(checkpoint, device="cpu"):
-    """A trial's training state from its Tune checkpoint, or None."""
-    if checkpoint is None:
-        return None
-    import torch
-    with checkpoint.as_directory() as d:
-        return torch.load(os.path.join(d, CHECKPOINT), map_location=device, weights_only=True)
+    checkpoint = tune.get_checkpoint()
+    resume = None
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            resume = load_state(d)
+    recipe = Recipe(**{**base, **{k: v for k, v in config.items() if k != NUMBER}})
+    kd_trial(recipe, data, data.view_seed, report=report, resume=resume)
 
 
 def keep_scheduler(scheduler):
@@ -221,10 +76,9 @@ def _no_restore_hint(record):
     return "Tuner.restore(" not in record.getMessage()
 
 
-def build_tuner(trial_args, resources, searcher, search, max_epochs, folder, callbacks, resume=False):
-    """The Tuner: `trial_args` (numpy arrays go into the object store once, read zero-copy by every trial),
-    `resources` {"cpu", "gpu"} per trial, at most search.max_concurrent at once, ASHA if asked for, a trial that
-    raises retried from its checkpoint up to search.max_failures times.
+def build_tuner(job, searcher, search, callbacks, resume=False):
+    """The Tuner of `job` (TuneJob): at most search.max_concurrent trials at once, ASHA if asked for, a trial
+    that raises retried from its checkpoint up to search.max_failures times.
 
     resume: go on with the search saved in <folder>/ray, if any. Tune restores its own record (finished trials
     stay finished, unfinished ones go on from their last checkpoint) and the searcher and callbacks saved with
@@ -236,22 +90,62 @@ def build_tuner(trial_args, resources, searcher, search, max_epochs, folder, cal
     # on Ctrl-C Tune would tell the user to call Tuner.restore(...); kdsearch's last line gives the command to run
     logging.getLogger("ray.tune.tune").addFilter(_no_restore_hint)
 
-    trainable = tune.with_resources(tune.with_parameters(tune_trial, **trial_args), resources)
-    path = os.path.join(folder, "ray")
+    trainable = tune.with_resources(tune.with_parameters(tune_trial, data=job.data, base=job.base), job.resources)
+    path = os.path.join(job.folder, "ray")
     # a kill between the Tuner's creation and Tune's first snapshot leaves tuner.pkl but no state to restore
     if resume and tune.Tuner.can_restore(path) and glob.glob(os.path.join(path, "experiment_state-*.json")):
         return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False)
     shutil.rmtree(path, ignore_errors=True)
     scheduler = None
     if search.scheduler == "asha":
-        scheduler = ASHAScheduler(time_attr="epoch", metric="val_acc", mode="max", max_t=max_epochs,
-                                  grace_period=min(search.grace_period, max_epochs),
+        scheduler = ASHAScheduler(time_attr="epoch", metric="val_acc", mode="max", max_t=job.max_epochs,
+                                  grace_period=min(search.grace_period, job.max_epochs),
                                   reduction_factor=search.reduction_factor)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, search.max_concurrent),
                                     scheduler=scheduler, num_samples=search.num_samples),
-        run_config=tune.RunConfig(name="ray", storage_path=str(folder), verbose=0,
+        run_config=tune.RunConfig(name="ray", storage_path=str(job.folder), verbose=0,
                                   callbacks=callbacks + ([keep_scheduler(scheduler)] if scheduler else []),
                                   failure_config=tune.FailureConfig(max_failures=search.max_failures),
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+
+
+def fit(tuner):
+    """tuner.fit(), where Ctrl-C raises KeyboardInterrupt after Tune's own graceful stop (trials stopped, a last
+    snapshot written to resume from); Tune's fit() would return as if the search were done."""
+    before = signal.getsignal(signal.SIGINT)
+    grid = tuner.fit()
+    interrupted = signal.getsignal(signal.SIGINT) is before  # Tune puts the old handler back on a stop signal
+    signal.signal(signal.SIGINT, before)  # and leaves its own installed otherwise
+    if interrupted:
+        raise KeyboardInterrupt
+    return grid
+
+
+def collect_trials(grid, names):
+    """One Trial per trial of the result grid, numbered in Optuna's order, with its state (trial_state:
+    completed, pruned, diverged or failed, with its error's line), its per-epoch history and its last
+    checkpoint's folder (a student the confirmation reads)."""
+    trials = []
+    for r in grid:
+        df, m, config = r.metrics_dataframe, r.metrics or {}, r.config or {}  # None: a trial Tune lost track of
+        cols = [] if df is None else ["epoch", *curve_names(df.columns)]
+        rows = [] if df is None else [{c: _number(row[c], int if c == "epoch" else float) for c in cols}
+                                      for _, row in df.iterrows()]
+        # a trial restored from an older checkpoint reports some epochs again; Tune keeps both rows: the last wins
+        history = sorted({h["epoch"]: h for h in rows}.values(), key=lambda h: h["epoch"])
+        trials.append(Trial(
+            number=config.get(NUMBER, len(trials)), trial_id=m.get("trial_id"),
+            state=trial_state(m, r.error is not None), error=first_line(str(r.error), 300) if r.error else None,
+            params={k: config[k] for k in names if k in config},
+            val_acc=history[-1]["val_acc"] if history else None, epochs_run=len(history),
+            train_s=m.get("time_s", 0.0), train_start=m.get("train_start"), train_end=m.get("wall"),
+            history=history, checkpoint=r.checkpoint.path if r.checkpoint else None))
+    return sorted(trials, key=lambda t: t.number)
+
+
+def _number(value, kind):
+    """A metric for report.json, which is plain JSON: a diverged trial's NaN loss becomes null."""
+    value = kind(value)
+    return value if math.isfinite(value) else None

@@ -8,42 +8,48 @@ import numpy as np
 import pytest
 import torch
 
-from kdsearch.baselines import open_study
-from kdsearch.config import Data, Param, Recipe, Search
-from kdsearch.search import _trial_args, collect_trials
-from kdsearch.tracking import open_tracker, trial_callback
-from kdsearch.tuner import build_tuner, make_searcher, start_ray, stop_ray
+from kdsearch.cluster import start_ray, stop_ray
+from kdsearch.config import Data, Param, Recipe, Search, Study
+from kdsearch.context import open_study
+from kdsearch.search import trial_data
+from kdsearch.searcher import make_searcher
+from kdsearch.tracking import open_tracker
+from kdsearch.tune_callback import trial_callback
+from kdsearch.tuner import TuneJob, build_tuner, collect_trials
 
 
 @pytest.fixture(scope="module")
 def searched(tiny_archive, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("failures")
     logs = []
-    data, _ = open_study(Data(path=str(tiny_archive), val_size=100), 0, 2, torch.device("cpu"),
-                         tmp, logs.append)
+    ctx = open_study(Study(name="failures", threads=2, data=Data(path=str(tiny_archive), val_size=100)), tmp,
+                     torch.device("cpu"), logs.append)
     # a logit table for 1 epoch: a 2-epoch trial raises at its start (the KD loss needs a view per epoch)
-    table = np.random.default_rng(0).normal(size=(1, len(data.train), 10)).astype(np.float32)
+    table = np.random.default_rng(0).normal(size=(1, len(ctx.data.train), 10)).astype(np.float32)
     table = torch.from_numpy(table)
     space = {"loss": Param("choice", values=["kd", "dist"]), "lr": Param("choice", values=[0.001, 1e9]),
              "epochs": Param("choice", values=[1, 2]), "gamma": Param("uniform", 0.5, 2.0, losses=["dist"])}
     search = Search(num_samples=6, max_concurrent=2, seed=1, max_failures=1)  # seeded: every case below occurs
     tracker = open_tracker(f"sqlite:///{tmp / 'mlflow.db'}", "failures", tmp / "artifacts")
     tracker.start_parent("failures", "id0", __file__, {}, [])
-    base = dataclasses.asdict(Recipe(batch_size=64))
+    resources = {"cpu": 1, "gpu": 0}
+    job = TuneJob(trial_data(ctx, table, resources, "cpu"), dataclasses.asdict(Recipe(batch_size=64)), resources,
+                  tmp, 2)
     url = start_ray(None, logs.append)
     try:
         import ray
         # the dashboard opens as is (no token: no 401) and the node stays on loopback
         dashboard = (url, urllib.request.urlopen(url + "/api/cluster_status", timeout=30).status,
                      ray.nodes()[0]["NodeManagerAddress"])
-        resources = {"cpu": 1, "gpu": 0}
-        tuner = build_tuner(_trial_args(data, table, base, 0, resources, "cpu"), resources,
-                            make_searcher(space, search.seed), search, 2, tmp,
+        # the trials' data is one object whose arrays Ray shares zero-copy: read-only views of the object store
+        shared = ray.get(ray.put(job.data))
+        zero_copy = [not getattr(shared, k).flags.writeable for k in ("train_x", "val_x", "logits")]
+        tuner = build_tuner(job, make_searcher(space, search.seed), search,
                             [trial_callback(tracker, list(space), logs.append)])
-        trials = collect_trials(tuner.fit(), list(space))
+        trials = [t.to_json() for t in collect_trials(tuner.fit(), list(space))]
     finally:
         stop_ray()
-    return trials, tracker, logs, dashboard
+    return trials, tracker, logs, dashboard, zero_copy
 
 
 def test_the_local_ray_serves_its_dashboard_on_loopback_without_a_token(searched):
@@ -51,8 +57,12 @@ def test_the_local_ray_serves_its_dashboard_on_loopback_without_a_token(searched
     assert url.startswith("http://127.0.0.1:") and status == 200 and node == "127.0.0.1", searched[3]
 
 
+def test_the_trials_data_reaches_ray_as_one_object_with_its_arrays_zero_copy(searched):
+    assert searched[4] == [True, True, True]
+
+
 def test_a_trial_whose_loss_turns_nan_is_diverged_and_the_search_goes_on(searched):
-    trials, tracker, _, _ = searched
+    trials, tracker = searched[:2]
     assert len(trials) == 6
     states = {(t["params"]["lr"], t["params"]["epochs"]): t["state"] for t in trials}
     assert states.get((1e9, 1)) == "diverged" and states.get((0.001, 1)) == "completed", states
@@ -63,7 +73,7 @@ def test_a_trial_whose_loss_turns_nan_is_diverged_and_the_search_goes_on(searche
 
 
 def test_a_trial_of_each_loss_carries_only_the_values_its_loss_takes(searched):
-    trials, tracker, _, _ = searched
+    trials, tracker = searched[:2]
     assert {t["params"]["loss"] for t in trials} == {"kd", "dist"}
     for t in trials:
         assert ("gamma" in t["params"]) == (t["params"]["loss"] == "dist"), t["params"]
@@ -73,7 +83,7 @@ def test_a_trial_of_each_loss_carries_only_the_values_its_loss_takes(searched):
 
 
 def test_a_trial_that_raises_is_retried_then_failed_with_its_first_line(searched):
-    trials, tracker, logs, _ = searched
+    trials, tracker, logs = searched[:3]
     failed = [t for t in trials if t["params"]["epochs"] == 2]
     assert failed and all(t["state"] == "failed" for t in failed)
     lines = {f"ValueError: the {t['params']['loss']} loss needs teacher logits for every epoch" for t in failed}

@@ -3,7 +3,8 @@ import random
 
 from kdsearch.config import Param
 from kdsearch.importance import importances
-from kdsearch.report import families, parent_metrics
+from kdsearch.report import families
+from kdsearch.tracking import parent_metrics
 
 SPACE = {"loss": Param("choice", values=["kd", "dist", "dkd"]), "alpha": Param("uniform", 0, 1),
          "temperature": Param("loguniform", 1, 20), "gamma": Param("uniform", 0.5, 2, losses=["dist"])}

@@ -9,7 +9,7 @@ from kdsearch.config import Param
 from optuna.trial import TrialState
 
 from kdsearch.trial import trial_state
-from kdsearch.tuner import NUMBER, make_searcher
+from kdsearch.searcher import NUMBER, make_searcher
 
 
 def test_a_stopped_trial_is_pruned_a_diverged_one_failed_and_a_finished_one_complete():
@@ -27,6 +27,18 @@ def test_a_stopped_trial_is_pruned_a_diverged_one_failed_and_a_finished_one_comp
     assert [trial_state(r, e) for r, e in [({"epoch": 1, "epochs": 4}, False), ({"epoch": 4, "epochs": 4}, False),
                                            ({"epoch": 2, "epochs": 4, "diverged": True}, False), (None, True)]] \
         == ["pruned", "completed", "diverged", "failed"]
+
+
+def test_the_optuna_shim_was_written_for_the_installed_ray():
+    """optuna_shim reads OptunaSearch's private state; another Ray release may have moved it: re-read Ray's
+    ray/tune/search/optuna/optuna_search.py, update the shim and WRITTEN_FOR."""
+    import ray
+    from kdsearch import optuna_shim
+    assert ray.__version__.startswith(optuna_shim.WRITTEN_FOR + "."), (ray.__version__, optuna_shim.WRITTEN_FOR)
+    s = make_searcher({"lr": Param("loguniform", 1e-4, 1e-2)}, seed=0)
+    s.suggest("a")
+    assert optuna_shim.optuna_number(s, "a") == 0 and optuna_shim.optuna_number(s, "b") is None
+    assert optuna_shim.tell_once(s, "a", TrialState.PRUNED) and not optuna_shim.tell_once(s, "a", TrialState.FAIL)
 
 
 ASHA = """\
@@ -118,7 +130,7 @@ def test_asha_rungs_come_back_after_a_resume():
 def test_a_searched_loss_gives_a_conditional_space_and_the_first_trial_is_kd_reference(tmp_path):
     """space.loss makes the space define-by-run: a trial draws only the values its loss takes."""
     from kdsearch.config import load_study
-    from kdsearch.tuner import first_point
+    from kdsearch.space import first_point
     study = tmp_path / "families.yaml"
     study.write_text("name: families\nspace:\n  loss: {type: choice, values: [kd, kd_ls, dkd, dist]}\n"
                      "  temperature: {type: loguniform, low: 1, high: 8}\n  alpha: {type: uniform, low: 0, high: 1}\n"

@@ -4,13 +4,19 @@ import pytest
 import torch
 
 from kdsearch.augment import augmented_views
-from kdsearch.config import Recipe, load_study
+from kdsearch.config import Recipe, Study, load_study
+from kdsearch.context import StudyContext
 from kdsearch.data import Split, load_arrays, prepare
 from kdsearch.engine import new_model, train, train_step
 from kdsearch.errors import UserError
 from kdsearch.losses import make_loss
 from kdsearch.store import Store
-from kdsearch.teacher import get_teacher, load_checkpoint, teacher_logits
+from kdsearch.teacher import get_teacher, load_teacher_checkpoint, logit_table
+
+
+def context(data, store, study=None, seed=0, log=lambda m: None):
+    """A study's context around `data`: `study` (default: a bare study with `seed`), `store`, the CPU."""
+    return StudyContext(study or Study(name="t", seed=seed), data, store, torch.device("cpu"), log)
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +27,7 @@ def data(tiny_archive):
 def test_kd_step_on_cached_logits_equals_the_step_with_the_teacher_online(data, tmp_path):
     torch.manual_seed(1)
     teacher = new_model("teacher", 10, 1, torch.device("cpu")).eval()
-    table = teacher_logits(teacher, "t", data, seed=5, epochs=2, store=Store(tmp_path), log=lambda m: None)
+    table = logit_table(context(data, Store(tmp_path), seed=5), teacher, "t", 2)
     assert table.shape == (2, len(data.train), 10)
     recipe = Recipe(loss="kd", temperature=4.0, alpha=0.5)
     idx = torch.randperm(len(data.train))[:64]
@@ -48,16 +54,17 @@ def test_kd_step_on_cached_logits_equals_the_step_with_the_teacher_online(data, 
 def test_teacher_is_trained_once_and_retrained_when_its_recipe_changes(data, tiny_study, tmp_path):
     study = load_study(tiny_study)
     store, logs = Store(tmp_path / "cache"), []
-    t1, info1, key1 = get_teacher(study.teacher, study.seed, data, store, logs.append)
-    assert not info1["cached"] and any("training teacher" in m for m in logs)
+    t1, run1 = get_teacher(context(data, store, study, log=logs.append))
+    assert not run1.cached and any("training teacher" in m for m in logs)
     logs.clear()
-    t2, info2, key2 = get_teacher(study.teacher, study.seed, data, store, logs.append)
-    assert info2["cached"] and key2 == key1 and not any("training" in m for m in logs)
+    t2, run2 = get_teacher(context(data, store, study, log=logs.append))
+    assert run2.cached and run2.key == run1.key and not any("training" in m for m in logs)
     for p, q in zip(t1.state_dict().values(), t2.state_dict().values()):
         assert torch.equal(p, q)
     logs.clear()
-    _, info3, key3 = get_teacher(dataclasses.replace(study.teacher, lr=0.05), study.seed, data, store, logs.append)
-    assert key3 != key1 and not info3["cached"] and any("training teacher" in m for m in logs)
+    changed = dataclasses.replace(study, teacher=dataclasses.replace(study.teacher, lr=0.05))
+    _, run3 = get_teacher(context(data, store, changed, log=logs.append))
+    assert run3.key != run1.key and not run3.cached and any("training teacher" in m for m in logs)
 
 
 def test_a_teacher_checkpoint_is_used_as_given(data, tiny_study, tmp_path):
@@ -65,8 +72,8 @@ def test_a_teacher_checkpoint_is_used_as_given(data, tiny_study, tmp_path):
     torch.save(model.state_dict(), tmp_path / "t.pt")
     study = load_study(tiny_study, {"teacher.checkpoint": str(tmp_path / "t.pt")})
     logs = []
-    loaded, info, _ = get_teacher(study.teacher, study.seed, data, Store(tmp_path / "c"), logs.append)
-    assert not any("training" in m for m in logs) and info["train_s"] == 0
+    loaded, run = get_teacher(context(data, Store(tmp_path / "c"), study, log=logs.append))
+    assert not any("training" in m for m in logs) and run.train_s == 0
     for p, q in zip(model.state_dict().values(), loaded.state_dict().values()):
         assert torch.equal(p, q)
 
@@ -75,15 +82,15 @@ def test_checkpoints_that_do_not_fit_get_a_clear_error(tmp_path):
     cpu = torch.device("cpu")
     torch.save(new_model("student", 10, 0, cpu).state_dict(), tmp_path / "student.pt")
     with pytest.raises(UserError, match=r"student.pt does not fit TeacherNet with 10 classes .*fix: give a teacher"):
-        load_checkpoint(tmp_path / "student.pt", "teacher", 10, cpu)
+        load_teacher_checkpoint(tmp_path / "student.pt", "teacher", 10, cpu)
     (tmp_path / "junk.pt").write_bytes(b"junk")
     with pytest.raises(UserError, match=r"junk.pt cannot be read"):
-        load_checkpoint(tmp_path / "junk.pt", "teacher", 10, cpu)
+        load_teacher_checkpoint(tmp_path / "junk.pt", "teacher", 10, cpu)
     torch.save({"epoch": 3}, tmp_path / "dict.pt")
     with pytest.raises(UserError, match=r"dict.pt is not a state_dict of tensors"):
-        load_checkpoint(tmp_path / "dict.pt", "teacher", 10, cpu)
+        load_teacher_checkpoint(tmp_path / "dict.pt", "teacher", 10, cpu)
     with pytest.raises(UserError, match=r"missing.pt does not exist"):
-        load_checkpoint(tmp_path / "missing.pt", "teacher", 10, cpu)
+        load_teacher_checkpoint(tmp_path / "missing.pt", "teacher", 10, cpu)
 
 
 def test_training_pairs_each_epochs_views_with_that_epochs_logits(data, tmp_path):
@@ -95,8 +102,8 @@ def test_training_pairs_each_epochs_views_with_that_epochs_logits(data, tmp_path
     teacher = new_model("teacher", 10, 1, cpu).eval()
     with torch.no_grad():  # an untrained teacher's logits hardly vary between views: make them, so pairing shows
         teacher.classifier[-1].weight.mul_(100)
-    table = teacher_logits(teacher, "t", type(data)(small, data.val, data.test, data.classes, "small"), seed=7,
-                           epochs=2, store=Store(tmp_path), log=lambda m: None)
+    table = logit_table(context(type(data)(small, data.val, data.test, data.classes, "small"), Store(tmp_path),
+                                seed=7), teacher, "t", 2)
     recipe = Recipe(loss="kd", alpha=0.0, epochs=2, batch_size=128, optimizer="sgd", lr=0.05, momentum=0.9)
     cached = new_model("student", 10, 0, cpu)
     train(cached, recipe, small, seed=3, view_seed=7, teacher_logits=table)
@@ -139,8 +146,8 @@ def test_a_damaged_cache_entry_is_named_and_recomputed(data, tmp_path):
     assert logs[0].startswith(f"cache: {pt} is damaged (") and logs[0].endswith("recomputing it"), logs
     assert not pt.exists()  # dropped, so the next run stores a sound one
     teacher = new_model("teacher", 10, 1, torch.device("cpu")).eval()
-    table = teacher_logits(teacher, "t", data, seed=5, epochs=1, store=store, log=logs.append)
+    table = logit_table(context(data, store, seed=5, log=logs.append), teacher, "t", 1)
     (table_file,) = (tmp_path / "logits").glob("*.pt")
     table_file.write_bytes(table_file.read_bytes()[:-100])
-    again = teacher_logits(teacher, "t", data, seed=5, epochs=1, store=store, log=logs.append)
+    again = logit_table(context(data, store, seed=5, log=logs.append), teacher, "t", 1)
     assert torch.equal(again, table) and any(f"cache: {table_file} is damaged" in m for m in logs), logs

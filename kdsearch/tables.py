@@ -1,0 +1,107 @@
+"""Presentation on the terminal, and nothing else (no torch): the models table, the baselines' files, `kdsearch
+train`'s table and a search's summary, from report documents (report.json's shape)."""
+import json
+import sys
+from pathlib import Path
+
+# a Run as baselines.json and the report's rows hold it
+ROW_KEYS = ("model", "params", "val_acc", "test_acc", "train_s", "config", "history", "key")
+# the notebook's own table: test-set accuracy at its best epoch on the test set (so tuned on the test set)
+NOTEBOOK_TEST_ACC = {"teacher": 88.77, "student_mse": 65.59, "kd_reference": 76.84}
+
+
+def format_table(rows, times=True):
+    """The models table: rows need model, params, val_acc, test_acc, and train_s when `times`. Rows with seeds
+    (a search's report) show means over seeds, each with its sd and the number of seeds."""
+    over_seeds = any(len(r.get("seeds") or ()) > 1 for r in rows)
+    head = f"{'model':<14}{'params':>11}"
+    head += (f"{'val acc (sd)':>17}{'test acc (sd)':>17}{'seeds':>7}" if over_seeds
+             else f"{'val acc':>10}{'test acc':>10}")
+    head += f"{'notebook':>10}" + (f"{'train time':>12}" if times else "")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        ref = NOTEBOOK_TEST_ACC.get(r["model"])
+        line = f"{r['model']:<14}{r['params']:>11,}"
+        if over_seeds:
+            line += "".join(f"{r[m]:>9.2f}% {_sd(r.get(m + '_sd')):>6}" for m in ("val_acc", "test_acc"))
+            line += f"{len(r['seeds']):>7}"
+        else:
+            line += f"{r['val_acc']:>9.2f}%{r['test_acc']:>9.2f}%"
+        line += f"{(f'{ref:.2f}%' if ref else '-'):>10}"
+        if times:
+            line += f"{r['train_s']:>10.1f} s" + ("  (stored)" if r.get("cached") else "")
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def format_trained(out):
+    """`kdsearch train`'s table: one line per seed, then the mean and sd, then the evidence."""
+    lines = [f"{out['name']}: {out['config']['model']} with {out['config']['loss']}, {out['config']['epochs']} epochs",
+             f"{'seed':>6}{'val acc':>10}{'test acc':>10}{'train time':>12}", "-" * 38]
+    for seed, val, test, secs, stored in zip(out["seeds"], out["val_accs"], out["test_accs"], out["train_s"],
+                                             out["stored"]):
+        lines.append(f"{seed:>6}{val:>9.2f}%{test:>9.2f}%{secs:>10.1f} s" + ("  (stored)" if stored else ""))
+    lines.append(f"{'mean':>6}{out['val_acc']:>9.2f}%{out['test_acc']:>9.2f}%")
+    if out["val_acc_sd"] is not None:
+        lines.append(f"{'sd':>6}{out['val_acc_sd']:>10.2f}{out['test_acc_sd']:>10.2f}")
+    e = out["evidence"]
+    lines.append(f"evidence: {e['device']}; torch {e['torch']}; {e['cpu_threads']} CPU threads; {len(out['seeds'])} "
+                 f"seed(s); kdsearch {e['kdsearch']} ({e['git_commit'] or 'no git commit'}); {e['date']}")
+    return "\n".join(lines)
+
+
+def _sd(sd):
+    return f"({sd:.2f})" if sd is not None else ""
+
+
+def write_baselines(rows, folder):
+    """baselines.json (the rows) and baselines.md (the table) in `folder`; returns their paths."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = folder / "baselines.json", folder / "baselines.md"
+    paths[0].write_text(json.dumps([{k: r.get(k) for k in ROW_KEYS} for r in rows], indent=1))
+    paths[1].write_text("```\n" + format_table(rows) + "\n```\n")
+    return paths
+
+
+def settings(params, sep=" ", skip=("loss",)):
+    """e.g. "temperature 3.558, alpha 0.6459": floats to 4 significant digits."""
+    return ", ".join(f"{k}{sep}{v:.4g}" if isinstance(v, float) else f"{k}{sep}{v}" for k, v in params.items()
+                     if k not in skip)
+
+
+def verdict_lines(report):
+    """The verdicts that lead the report: kd_best against each baseline, or why there are none."""
+    if "confirmation" not in report:
+        return ["kd_best is unconfirmed: this report predates the confirmation over seeds; no intervals."]
+    if not report.get("confirmed"):
+        return ["kd_best is unconfirmed: it is the best single-seed trial (confirm.seeds: 1); no intervals."]
+    return [f"test accuracy: {c['verdict']}" for c in report["comparison"]]
+
+
+def timings_line(report):
+    t = report["timings"]
+    search = f"search {t['search_s']:.0f} s, of it " if "search_s" in t else ""
+    return (f"{report['num_trials']} trials; {t['total_s']:.0f} s in all: {t['engine_s']:.0f} s data, teacher, "
+            f"baselines and logits; {search}{t['trial_training_s']:.0f} s training trials; "
+            f"{t.get('confirm_s', 0):.0f} s confirmation; {t['overhead_s']:.0f} s "
+            f"({100 * t['overhead_s'] / t['total_s']:.1f}%) overhead (Ray start, trial start-up, Optuna, MLflow, report)")
+
+
+def print_summary(report, written, out=sys.stdout):
+    for line in verdict_lines(report):
+        print(line, file=out)
+    print("", file=out)
+    print(format_table(report["rows"], times=False), file=out)
+    if report.get("families") or report.get("importances"):
+        print("", file=out)
+    for f in report.get("families") or ():
+        b = f["best"]
+        print(f"best {f['loss']}: " + (f"{b['val_acc']:.2f}% val (trial {b['trial']}; {settings(b['params'])})"
+                                       if b else "no completed trial"), file=out)
+    if report.get("importances"):
+        print("importances: " + ", ".join(f"{k} {v:.2f}" for k, v in report["importances"].items()), file=out)
+    if report.get("timings"):
+        print("\n" + timings_line(report), file=out)
+    print(f"report: {written[1]}", file=out)
+    print(f"MLflow: {report['mlflow']['ui_command']}", file=out)
