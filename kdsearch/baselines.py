@@ -36,12 +36,12 @@ def run_key(recipe, data, seed, teacher_key=None):
 
 def lazy_table(ctx, teacher, teacher_key, epochs):
     """A function that returns the study's logit table, made (or read) at its first call only."""
-    made = []
+    held = []
 
     def table():
-        if not made:
-            made.append(logit_table(ctx, teacher, teacher_key, epochs))
-        return made[0]
+        if not held:
+            held.append(logit_table(ctx, teacher, teacher_key, epochs))
+        return held[0]
     return table
 
 

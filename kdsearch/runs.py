@@ -52,8 +52,8 @@ def save_run(store, spec, model, history, test_acc, train_s):
     return run
 
 
-def train_or_load(ctx, spec, teacher_logits=None):
-    """Return (model, Run), on the data's device, for `spec` in the study `ctx`. teacher_logits: a function that
+def train_or_load(ctx, spec, make_table=None):
+    """Return (model, Run), on the data's device, for `spec` in the study `ctx`. make_table: a function that
     returns the teacher's logit table, called only when the run is trained (a stored run needs none). The views
     are always the study seed's, which the logit table holds."""
     data, log, recipe = ctx.data, ctx.log, spec.recipe
@@ -72,7 +72,7 @@ def train_or_load(ctx, spec, teacher_logits=None):
 
     start = time.perf_counter()
     history = train(model, recipe, data.train, seed=spec.seed, view_seed=ctx.study.seed, val=data.val,
-                    teacher_logits=teacher_logits() if teacher_logits else None, report=report)
+                    teacher_logits=make_table() if make_table else None, report=report)
     if history[-1].get("diverged"):
         raise UserError(f"{spec.name} diverged in epoch {len(history)} (its loss became NaN or infinite) with lr "
                         f"{recipe.lr}; fix: lower {spec.name}'s lr in the study file")

@@ -55,7 +55,7 @@ def make_searcher(space, seed, first=None):
     from optuna.trial import TrialState
     from ray.tune.search.optuna import OptunaSearch
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    told = {"pruned": TrialState.PRUNED, "diverged": TrialState.FAIL}
+    optuna_state = {"pruned": TrialState.PRUNED, "diverged": TrialState.FAIL}  # else: OptunaSearch's COMPLETE
 
     class Searcher(OptunaSearch):
         def suggest(self, trial_id):
@@ -65,7 +65,7 @@ def make_searcher(space, seed, first=None):
 
         def on_trial_complete(self, trial_id, result=None, error=False):
             state = trial_state(result, error)
-            if not (state in told and optuna_shim.tell_once(self, trial_id, told[state])):
+            if not (state in optuna_state and optuna_shim.tell_once(self, trial_id, optuna_state[state])):
                 super().on_trial_complete(trial_id, result, error)
 
     space_arg = ConditionalSpace(space) if "loss" in space else optuna_space(space)

@@ -37,7 +37,8 @@ def get_teacher(ctx):
         if stored is not None:
             return model, Run.from_json(stored[1], cached=True)
         run = Run(model="teacher", key=key, params=count_params(model), val_acc=evaluate(model, data.val),
-                  test_acc=evaluate(model, data.test), train_s=0.0, history=[], config={"checkpoint": str(path)}, cached=True)  # used as given: nothing trained
+                  test_acc=evaluate(model, data.test), train_s=0.0, history=[], config={"checkpoint": str(path)},
+                  cached=True)  # used as given: nothing trained
         store.save_run("teacher", key, model, run.to_json())
         ctx.log(f"teacher: loaded {path} (val {run.val_acc:.2f}%)")
         return model, run

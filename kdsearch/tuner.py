@@ -112,23 +112,24 @@ def build_tuner(job, searcher, search, callbacks, resume=False):
 
 
 def fit(tuner):
-    """tuner.fit(), where Ctrl-C raises KeyboardInterrupt after Tune's own graceful stop (trials stopped, a last
-    snapshot written to resume from); Tune's fit() would return as if the search were done."""
+    """tuner.fit() (its result grid), where Ctrl-C raises KeyboardInterrupt after Tune's own graceful stop
+    (trials stopped, a last snapshot written to resume from); Tune's fit() would return as if the search were
+    done."""
     before = signal.getsignal(signal.SIGINT)
-    grid = tuner.fit()
+    results = tuner.fit()
     interrupted = signal.getsignal(signal.SIGINT) is before  # Tune puts the old handler back on a stop signal
     signal.signal(signal.SIGINT, before)  # and leaves its own installed otherwise
     if interrupted:
         raise KeyboardInterrupt
-    return grid
+    return results
 
 
-def collect_trials(grid, names):
+def collect_trials(results, names):
     """One Trial per trial of the result grid, numbered in Optuna's order, with its state (trial_state:
     completed, pruned, diverged or failed, with its error's line), its per-epoch history and its last
     checkpoint's folder (a student the confirmation reads)."""
     trials = []
-    for r in grid:
+    for r in results:
         df, m, config = r.metrics_dataframe, r.metrics or {}, r.config or {}  # None: a trial Tune lost track of
         cols = [] if df is None else ["epoch", *curve_names(df.columns)]
         rows = [] if df is None else [{c: _number(row[c], int if c == "epoch" else float) for c in cols}

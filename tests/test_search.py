@@ -34,10 +34,29 @@ def searched(tiny_archive, tmp_path_factory):
     study.write_text(TINY_STUDY + SEARCH)
     first = kdsearch("search", study, "--data", tiny_archive, "--results", tmp / "results", cwd=tmp)
     assert first.returncode == 0, first.stderr[-3000:]
+    cache = stored(tmp / "results" / "cache")
     second = kdsearch("search", study, "--data", tiny_archive, "--results", tmp / "results", "--name", "again",
                       cwd=tmp)
     assert second.returncode == 0, second.stderr[-3000:]
-    return tmp / "results", first, second, None  # one seed (unconfirmed): test_pruning's ASHA search
+    return tmp / "results", first, second, (cache, stored(tmp / "results" / "cache"))
+
+
+def stored(folder):
+    """{file: its modification time} of every file in the store: what a search trained or computed, and when."""
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+
+
+def confirm_runs(report):
+    """The MLflow child runs of a search's confirmation stage, and the (recipe, seed) runs its entries needed."""
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(report["mlflow"]["tracking_uri"])
+    exp = client.get_experiment_by_name(report["mlflow"]["experiment"])
+    parent = report["mlflow"]["parent_run_id"]
+    runs = [r for r in client.search_runs([exp.experiment_id])
+            if r.data.tags.get("mlflow.parentRunId") == parent and r.data.tags.get("kdsearch.stage") == "confirm"]
+    needed = {(json.dumps(e["config"], sort_keys=True), s) for e in report["confirmation"]["entries"]
+              for s in e["seeds"][1:]}
+    return runs, needed
 
 
 def test_report_has_every_row_and_the_notebook_point_came_first(searched):
@@ -102,17 +121,14 @@ def test_mlflow_has_one_parent_and_a_child_per_trial_with_per_epoch_metrics(sear
 
 
 def test_a_second_search_trains_no_teacher_or_baseline_again(searched):
-    results, first, second, _ = searched
-    reused = [line for line in second.stderr.splitlines() if "reusing the stored run" in line]
-    assert "training" not in second.stderr and len([r for r in reused if not r.startswith("confirm:")]) == 4
-    # nor any confirmation run: each was stored by the first search (the seeded TPE proposes the same trials)
-    trained_first = {line.split(":")[1].split(" seed")[0].strip() + line.split(" seed")[1].split(":")[0]
-                     for line in first.stderr.splitlines() if line.startswith("confirm:") and "% (" in line}
-    assert {j for j in trained_first if "student_ce" in j or "kd_reference" in j}
-    assert len([r for r in reused if r.startswith("confirm:")]) == len(trained_first) > 0
-    assert not [line for line in second.stderr.splitlines() if line.startswith("confirm:") and "% (" in line]
-    assert "teacher logits:" not in second.stderr  # the table was stored too
-    assert (results / "again" / "report.json").exists()
+    results, _, _, (after_first, after_second) = searched
+    # the store holds the teacher, the baselines, the logit table and the confirmation runs; the second search
+    # wrote none of them again (the seeded TPE proposes the same trials, so its confirmation needs the same runs)
+    assert {k.split("/")[0] for k in after_first} >= {"data", "teacher", "runs", "logits"}
+    assert after_second == after_first
+    again = json.loads((results / "again" / "report.json").read_text())
+    runs, needed = confirm_runs(again)
+    assert len(runs) == len(needed) > 0 and all(r.data.tags["kdsearch.cached"] == "true" for r in runs)
 
 
 def test_report_command_rerenders_without_training_or_torch(searched, tmp_path):
@@ -153,7 +169,6 @@ def test_confirmation_reports_every_seed_with_welch_intervals_and_verdicts(searc
     # seed 0 is the search's trial and the baselines' own run, reused
     best_trial = next(t for t in report["trials"] if t["number"] == rows["kd_best"]["trial"])
     assert rows["kd_best"]["val_accs"][0] == best_trial["val_acc"]
-    assert not any(" seed 0" in line for line in first.stderr.splitlines() if line.startswith("confirm:"))
     # kd_best: the confirmed trial with the best mean validation accuracy
     entries = [e for e in report["confirmation"]["entries"] if e["trial"] is not None]
     assert len(entries) == 2
@@ -184,15 +199,12 @@ def test_confirmation_reports_every_seed_with_welch_intervals_and_verdicts(searc
 
 def test_confirmation_runs_are_mlflow_children_with_their_seed(searched):
     from mlflow.tracking import MlflowClient
-    results, first, _, _ = searched
+    results = searched[0]
     report = json.loads((results / "tiny" / "report.json").read_text())
     client = MlflowClient(report["mlflow"]["tracking_uri"])
-    exp = client.get_experiment_by_name(report["mlflow"]["experiment"])
     parent = report["mlflow"]["parent_run_id"]
-    runs = [r for r in client.search_runs([exp.experiment_id])
-            if r.data.tags.get("mlflow.parentRunId") == parent and r.data.tags.get("kdsearch.stage") == "confirm"]
-    trained = [line for line in first.stderr.splitlines() if line.startswith("confirm:") and "% (" in line]
-    assert len(runs) == len(trained) > 0
+    runs, needed = confirm_runs(report)  # one run per recipe and new seed: seed 0's are the trials and baselines
+    assert len(runs) == len(needed) > 0 and all(r.data.tags["kdsearch.cached"] == "false" for r in runs)
     for r in runs:
         assert r.info.status == "FINISHED" and r.data.params["seed"] in ("1", "2")
         assert 0 <= r.data.metrics["test_acc"] <= 100 and "val_acc" in r.data.metrics
