@@ -43,7 +43,10 @@ class Confirmation:
     entries: list  # ConfirmEntry
     best: int  # kd_best's index in entries
     student: object  # kd_best's student of the study's seed (a torch module)
-    student_params: int  # its parameter count
+
+    @property
+    def student_params(self):
+        return count_params(self.student)
 
 
 @dataclass
@@ -56,7 +59,7 @@ class Workers:
 
 def _task(recipe, seed, data):
     """One confirmation run in a Ray worker: (history, state_dict on the CPU)."""
-    history, model = kd_trial(Recipe(**recipe), data, seed)
+    history, model = kd_trial(recipe, data, seed)
     if history[-1].get("diverged"):
         raise RuntimeError(f"diverged in epoch {len(history)} (the loss became NaN or infinite)")
     return history, {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -72,28 +75,27 @@ def confirm(ctx, phase, trials, workers, tracker):
     """
     seeds = [ctx.study.seed + i for i in range(ctx.study.confirm.seeds)]
     entries, students = _entries(ctx, phase, trials, seeds)
-    jobs = {}  # (recipe, seed) -> the RunSpec and the entries it serves
+    served = {}  # (recipe as JSON, seed) -> the entries that run serves: each recipe and seed is trained once
     for i, e in enumerate(entries):
         for s in seeds[1:]:
-            recipe = json.dumps(e.config, sort_keys=True)
-            jobs.setdefault((recipe, s), {"entries": [], "recipe": recipe, "spec": None})["entries"].append(i)
-    results, todo = {}, []  # results: (recipe, seed) -> (val, test)
-    for (recipe, s), job in jobs.items():
-        name = "=".join(entries[i].model for i in job["entries"])
-        config = json.loads(recipe)
-        job["spec"] = RunSpec(name, Recipe(**config), s, run_key(Recipe(**config), ctx.data, s, phase.teacher.key))
-        stored = ctx.store.load_run("runs", job["spec"].key)
+            served.setdefault((json.dumps(e.config, sort_keys=True), s), []).append(i)
+    results, todo = {}, []  # results: (recipe as JSON, seed) -> (val, test)
+    for job, indices in served.items():
+        recipe = Recipe(**json.loads(job[0]))
+        spec = RunSpec("=".join(entries[i].model for i in indices), recipe, job[1],
+                       run_key(recipe, ctx.data, job[1], phase.teacher.key))
+        stored = ctx.store.load_run("runs", spec.key)
         if stored is None:
-            todo.append(job)
+            todo.append((job, spec))
             continue
-        ctx.log(f"confirm: {name} seed {s}: reusing the stored run (val {stored[1]['val_acc']:.2f}%)")
-        results[(recipe, s)] = stored[1]["val_acc"], stored[1]["test_acc"]
-        tracker.log_confirm_run(name, config, s, stored[1]["history"], stored[1]["test_acc"], cached=True)
+        ctx.log(f"confirm: {spec.name} seed {spec.seed}: reusing the stored run (val {stored[1]['val_acc']:.2f}%)")
+        results[job] = stored[1]["val_acc"], stored[1]["test_acc"]
+        tracker.log_confirm_run(spec.name, dataclasses.asdict(recipe), spec.seed, stored[1]["history"],
+                                stored[1]["test_acc"], cached=True)
     failed = set()
-    for job, result in _run(todo, workers, ctx.log):
-        spec = job["spec"]
+    for (job, spec), result in _run(todo, workers, ctx.log):
         if result is None:  # the run raised: its entries leave the confirmation, the search's report stands
-            failed.update(job["entries"])
+            failed.update(served[job])
             continue
         history, state = result
         model = new_model(spec.recipe.model, len(ctx.data.classes), spec.seed, ctx.data.train.x.device)
@@ -101,7 +103,7 @@ def confirm(ctx, phase, trials, workers, tracker):
         # stored as soon as it is done, with its test accuracy (for the report only, never for a choice), so that
         # a resumed or repeated search trains it no more
         run = save_run(ctx.store, spec, model, history, evaluate(model, ctx.data.test), history[-1]["time_s"])
-        results[(job["recipe"], spec.seed)] = run.val_acc, run.test_acc
+        results[job] = run.val_acc, run.test_acc
         tracker.log_confirm_run(spec.name, run.config, spec.seed, history, run.test_acc)
     for i, student in students.items():  # the study seed's trial students: test accuracy once, now
         entries[i].test_accs[0] = evaluate(student, ctx.data.test)
@@ -118,7 +120,7 @@ def confirm(ctx, phase, trials, workers, tracker):
             setattr(entries[0], name, getattr(entries[0], name)[:1])
     kept = [entries[i] for i in keep]
     best = max((i for i, e in enumerate(kept) if e.trial is not None), key=lambda i: sum(kept[i].val_accs))
-    return Confirmation(kept, best, students[keep[best]], count_params(students[keep[best]]))
+    return Confirmation(kept, best, students[keep[best]])
 
 
 def _entries(ctx, phase, trials, seeds):
@@ -142,8 +144,9 @@ def _entries(ctx, phase, trials, seeds):
 
 
 def _run(jobs, workers, log):
-    """Yield (job, (history, state_dict) or None when the run raised) as Ray finishes the runs, at most
-    `workers.max_concurrent` at a time (the search's limit), each with the study's per-trial resources."""
+    """Yield ((job, spec), (history, state_dict) or None when the run raised) as Ray finishes the runs of
+    `jobs` ((job, RunSpec) pairs), at most `workers.max_concurrent` at a time (the search's limit), each with the
+    study's per-trial resources."""
     if not jobs:
         return
     import ray
@@ -154,10 +157,10 @@ def _run(jobs, workers, log):
     while queue or pending:
         while queue and len(pending) < workers.max_concurrent:
             job = queue.pop(0)
-            pending[task.remote(dataclasses.asdict(job["spec"].recipe), job["spec"].seed, data)] = job
+            pending[task.remote(job[1].recipe, job[1].seed, data)] = job
         ready, _ = ray.wait(list(pending), num_returns=1)
         job = pending.pop(ready[0])
-        spec = job["spec"]
+        spec = job[1]
         try:
             history, state = ray.get(ready[0])
         except Exception as e:  # a task's error: say which run, go on with the others

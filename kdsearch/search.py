@@ -9,6 +9,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -35,9 +36,9 @@ from .tuner import TuneJob, build_tuner, collect_trials, fit
 class Options:
     """A search's command-line options: its results folder, name, trial count, Ray cluster and --resume."""
     results: Path
-    name: str = None  # default: the study's name
-    num_samples: int = None  # default: the study's search.num_samples
-    address: str = None  # a Ray cluster to join; default: a local Ray
+    name: Optional[str] = None  # default: the study's name
+    num_samples: Optional[int] = None  # default: the study's search.num_samples
+    address: Optional[str] = None  # a Ray cluster to join; default: a local Ray
     resume: bool = False
 
 

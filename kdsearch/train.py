@@ -42,12 +42,13 @@ def recipe_of(study, name, overrides):
 def train_recipe(ctx, label, recipe, seeds):
     """Train (or read back) `recipe` on each seed of `seeds` in the study `ctx`; returns a Trained. The views
     and the logit table stay the study seed's; a seed changes the initialisation and the batch order."""
-    teacher, teacher_run = get_teacher(ctx)
-    table = None
-    if recipe.loss in NEEDS_TEACHER:  # the study's table, or a longer one for a longer recipe
-        table = lazy_table(ctx, teacher, teacher_run.key, max(logit_epochs(ctx.study), recipe.epochs))
+    table, teacher_key = None, None
+    if recipe.loss in NEEDS_TEACHER:  # the study's table, or a longer one for a longer recipe; else no teacher
+        teacher, teacher_run = get_teacher(ctx)
+        teacher_key = teacher_run.key
+        table = lazy_table(ctx, teacher, teacher_key, max(logit_epochs(ctx.study), recipe.epochs))
     runs = []
     for seed in seeds:
-        spec = RunSpec(label, recipe, seed, run_key(recipe, ctx.data, seed, teacher_run.key))
+        spec = RunSpec(label, recipe, seed, run_key(recipe, ctx.data, seed, teacher_key))
         runs.append(train_or_load(ctx, spec, table)[1])
     return Trained(label, dataclasses.asdict(recipe), runs)
