@@ -2,17 +2,20 @@
 
 Imports torch only: no Ray, Optuna or MLflow.
 
-A run is `train(model, recipe, data.train, ...)`: every epoch it shuffles, takes each batch's augmented views
+A run is `train(model, recipe, Lesson(data.train, view_seed, data.val, table), seed=...)`: every epoch it shuffles, takes each batch's augmented views
 (augment.py), steps, then evaluates on the validation split and calls `report` with the epoch's metrics.
 KD runs read the teacher's logits for each view from a precomputed (epochs, N, classes) table instead of
 running the teacher (teacher.py computes it once per study).
 """
 import os
 import time
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
 from .augment import augmented_views, plain_views
+from .data import Split
 from .errors import UserError
 from .losses import NEEDS_TEACHER, make_loss
 from .models import build_model
@@ -62,11 +65,21 @@ def train_step(model, opt, loss_fn, x, y, t=None):
     return loss.detach(), parts
 
 
-def train(model, recipe, train, *, seed, view_seed, val=None, teacher_logits=None, report=None, resume=None):
-    """Train `model` by `recipe` on split `train`; return the per-epoch history.
+@dataclass(frozen=True)
+class Lesson:
+    """What a run learns from, the same for every seed of a study: the training split, the seed that fixes each
+    image's augmented view per epoch, the validation split each epoch is scored on, and the teacher's logits for
+    exactly those views (an (epochs, len(train), classes) tensor, which a distillation loss requires)."""
+    train: Split
+    view_seed: int
+    val: Optional[Split] = None
+    teacher_logits: Optional[torch.Tensor] = None
 
-    seed: batch order. view_seed: the study seed that fixes every image's augmented view per epoch (and so
-    matches `teacher_logits`, a (>= recipe.epochs, len(train), classes) tensor, required by the KD loss).
+
+def train(model, recipe, lesson, *, seed, report=None, resume=None):
+    """Train `model` by `recipe` on `lesson` (a Lesson); return the per-epoch history.
+
+    seed: batch order (the views stay lesson.view_seed's, which the teacher's logits hold).
     report(metrics, state): called after every epoch with {"epoch", "train_loss", "loss_<part>" for each of the
     loss's parts (e.g. loss_hard, loss_soft), "val_acc", "time_s"} and a function that returns the run's whole
     state (weights, optimizer, schedule, batch-order generator, history: what a checkpoint holds). resume: such a
@@ -74,6 +87,7 @@ def train(model, recipe, train, *, seed, view_seed, val=None, teacher_logits=Non
     A loss that turns NaN or infinite stops the run at once: its last metrics say "diverged": True.
     """
     loss_fn = make_loss(recipe)
+    train, view_seed, teacher_logits = lesson.train, lesson.view_seed, lesson.teacher_logits
     needs_teacher = recipe.loss in NEEDS_TEACHER
     if needs_teacher and (teacher_logits is None or len(teacher_logits) < recipe.epochs):
         raise ValueError(f"the {recipe.loss} loss needs teacher logits for every epoch")
@@ -119,7 +133,7 @@ def train(model, recipe, train, *, seed, view_seed, val=None, teacher_logits=Non
         diverged = not torch.isfinite(total).item()
         metrics = {"epoch": epoch + 1, "train_loss": total.item() / steps,
                    **{f"loss_{k}": float(v) / steps for k, v in sums.items()},
-                   "val_acc": evaluate(model, val) if val is not None else None,
+                   "val_acc": evaluate(model, lesson.val) if lesson.val is not None else None,
                    "time_s": time.perf_counter() - start, **({"diverged": True} if diverged else {})}
         history.append(metrics)
         if report is not None:

@@ -5,7 +5,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .engine import evaluate, new_model, train
+from .engine import Lesson, evaluate, new_model, train
 from .errors import UserError
 from .models import count_params
 
@@ -71,8 +71,8 @@ def train_or_load(ctx, spec, make_table=None):
             f"({m['time_s']:.0f} s)")
 
     start = time.perf_counter()
-    history = train(model, recipe, data.train, seed=spec.seed, view_seed=ctx.study.seed, val=data.val,
-                    teacher_logits=make_table() if make_table else None, report=report)
+    lesson = Lesson(data.train, ctx.study.seed, data.val, make_table() if make_table else None)
+    history = train(model, recipe, lesson, seed=spec.seed, report=report)
     if history[-1].get("diverged"):
         raise UserError(f"{spec.name} diverged in epoch {len(history)} (its loss became NaN or infinite) with lr "
                         f"{recipe.lr}; fix: lower {spec.name}'s lr in the study file")

@@ -151,6 +151,12 @@ class Tracker:
         self.client.log_batch(self.children[trial_id], metrics=[
             Metric(k, float(metrics[k]), ts, epoch) for k in curve_names(metrics) if math.isfinite(float(metrics[k]))])
 
+    def count_failures(self, trial_id, failures):
+        """The tag kdsearch.failures: how many times the trial has raised so far (each time retried from its last
+        checkpoint, up to search.max_failures times; a lost Ray node counts)."""
+        if trial_id in self.children:
+            self.client.set_tag(self.children[trial_id], "kdsearch.failures", str(failures))
+
     def end_trial(self, trial_id, state, error=None):
         """state: completed, pruned, diverged or failed (the tag kdsearch.state; the run status is FINISHED,
         KILLED or FAILED); error: a failed trial's first line of its error (the tag kdsearch.error)."""

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .data import to_split
-from .engine import new_model, set_threads, train
+from .engine import Lesson, new_model, set_threads, train
 
 CHECKPOINT = "trial.pt"  # a trial's whole training state, in its checkpoint folder
 
@@ -48,6 +48,7 @@ class Trial:
     train_start: Optional[float]  # time.time() at its start and its last epoch, for the search's timings
     train_end: Optional[float]
     history: list = field(default_factory=list)  # per epoch: epoch, val_acc, train_loss, loss_<part>
+    restarts: list = field(default_factory=list)  # the epoch each restart went on from (tuner._restarts)
     checkpoint: Optional[str] = field(default=None, repr=False)  # its last checkpoint's folder (not reported)
 
     def to_json(self):
@@ -95,6 +96,6 @@ def kd_trial(recipe, data, seed, report=None, resume=None):
         if report is not None:
             report({**m, "epochs": recipe.epochs, "train_start": start, "wall": time.time()}, state)
 
-    history = train(model, recipe, train_split, seed=seed, view_seed=data.view_seed, val=val_split,
-                    teacher_logits=table, report=on_epoch, resume=resume)
+    history = train(model, recipe, Lesson(train_split, data.view_seed, val_split, table), seed=seed,
+                    report=on_epoch, resume=resume)
     return history, model

@@ -30,10 +30,12 @@ def trial_callback(tracker, space_names, log):
             tracker.end_trial(trial.trial_id, trial_state(trial.last_result))
 
         def on_trial_recover(self, iteration, trials, trial, **info):
+            tracker.count_failures(trial.trial_id, trial.num_failures)
             log(f"trial {trial.trial_id}: failed ({_error(trial)}); retrying from its last checkpoint "
                 f"({trial.num_failures} failure(s) so far)")
 
         def on_trial_error(self, iteration, trials, trial, **info):
+            tracker.count_failures(trial.trial_id, trial.num_failures)
             log(f"trial {trial.trial_id}: failed ({_error(trial)}) after {trial.num_failures} tries; the search "
                 f"goes on")
             tracker.end_trial(trial.trial_id, "failed", _error(trial))

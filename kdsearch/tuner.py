@@ -35,16 +35,17 @@ def tune_trial(config, data, base):
     on from its last checkpoint as if it had never stopped."""
     from ray import tune
 
-    def report(metrics, state):
-        with tempfile.TemporaryDirectory() as d:
-            save_state(state(), d)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
-
     checkpoint = tune.get_checkpoint()
     resume = None
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             resume = load_state(d)
+    resumed_from = len(resume["history"]) if resume else 0  # every result says where this start went on from
+
+    def report(metrics, state):
+        with tempfile.TemporaryDirectory() as d:
+            save_state(state(), d)
+            tune.report({**metrics, "resumed_from": resumed_from}, checkpoint=tune.Checkpoint.from_directory(d))
     recipe = Recipe(**{**base, **{k: v for k, v in config.items() if k != NUMBER}})
     kd_trial(recipe, data, data.view_seed, report=report, resume=resume)
 
@@ -142,8 +143,22 @@ def collect_trials(results, names):
             params={k: config[k] for k in names if k in config},
             val_acc=history[-1]["val_acc"] if history else None, epochs_run=len(history),
             train_s=m.get("time_s", 0.0), train_start=m.get("train_start"), train_end=m.get("wall"),
-            history=history, checkpoint=r.checkpoint.path if r.checkpoint else None))
+            history=history, restarts=_restarts(df), checkpoint=r.checkpoint.path if r.checkpoint else None))
     return sorted(trials, key=lambda t: t.number)
+
+
+def _restarts(df):
+    """The epoch each restart of a trial (a retry after a failure, a resume after a kill) went on from, in order,
+    read from its results: a restart's results carry a new `resumed_from`, or go back to an epoch reported
+    before."""
+    if df is None or "resumed_from" not in df.columns:
+        return []
+    restarts, last, last_epoch = [], 0, 0
+    for epoch, start in zip(df["epoch"], df["resumed_from"]):
+        if int(start) != last or int(epoch) <= last_epoch:
+            restarts.append(int(start))
+        last, last_epoch = int(start), int(epoch)
+    return restarts
 
 
 def _number(value, kind):

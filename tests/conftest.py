@@ -66,3 +66,8 @@ def tiny_study(tmp_path):
     path = tmp_path / "tiny.yaml"
     path.write_text(TINY_STUDY)
     return path
+
+
+def stored(folder):
+    """{file: its modification time} of every file in the store: what a command trained or computed, and when."""
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}

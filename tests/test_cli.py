@@ -5,7 +5,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
+from conftest import stored
 from kdsearch.config import load_study
 from kdsearch.errors import UserError
 
@@ -30,12 +32,14 @@ def test_baselines_end_to_end_then_everything_is_reused(tiny_study, tiny_archive
     assert all(0 <= r["val_acc"] <= 100 and 0 <= r["test_acc"] <= 100 for r in saved)
     assert len(saved[3]["history"]) == 2  # kd_reference ran its 2 epochs, with a val_acc and loss terms each
     assert {"val_acc", "train_loss", "loss_hard", "loss_soft"} <= set(saved[3]["history"][-1])
-    assert "teacher logits: 2 epochs x 300 views" in first.stderr
+    cache = stored(results / "cache")
+    tables = [k for k in cache if k.startswith("logits/") and k.endswith(".pt")]
+    assert len(tables) == 1  # the teacher's logits for kd_reference's 2 epochs of views of the 300 images
+    assert tuple(torch.load(results / "cache" / tables[0], weights_only=True).shape) == (2, 300, 10)
 
     second = kdsearch("baselines", tiny_study, "--data", tiny_archive, "--results", results, cwd=tmp_path)
     assert second.returncode == 0, second.stderr
-    assert "training" not in second.stderr and "teacher logits" not in second.stderr
-    assert second.stderr.count("reusing the stored run") == 4
+    assert stored(results / "cache") == cache  # nothing trained or computed again
     assert second.stdout.splitlines()[2:6] == [line + "  (stored)" if "(stored)" not in line else line
                                                for line in first.stdout.splitlines()[2:6]]
 

@@ -83,14 +83,13 @@ def test_a_trial_of_each_loss_carries_only_the_values_its_loss_takes(searched):
 
 
 def test_a_trial_that_raises_is_retried_then_failed_with_its_first_line(searched):
-    trials, tracker, logs = searched[:3]
+    trials, tracker = searched[:2]
     failed = [t for t in trials if t["params"]["epochs"] == 2]
     assert failed and all(t["state"] == "failed" for t in failed)
     lines = {f"ValueError: the {t['params']['loss']} loss needs teacher logits for every epoch" for t in failed}
     assert all(t["error"] == f"ValueError: the {t['params']['loss']} loss needs teacher logits for every epoch"
                for t in failed), [t["error"] for t in failed]
-    assert any("retrying from its last checkpoint (1 failure(s) so far)" in m for m in logs), logs
-    assert all(any(f"failed ({line}) after 2 tries" in m for m in logs) for line in lines), logs
     runs = tracker.client.search_runs([tracker.experiment_id], "tags.`kdsearch.state` = 'failed'")
     assert len(runs) == len(failed) and all(r.data.tags["kdsearch.error"] in lines for r in runs)
+    assert all(r.data.tags["kdsearch.failures"] == "2" for r in runs)  # retried once (max_failures 1), then failed
     assert all(r.info.status == "FAILED" for r in runs)

@@ -125,7 +125,7 @@ def test_an_interrupted_search_refuses_without_resume_or_with_another_study(resu
 
 
 def test_the_resumed_search_has_each_trial_once_everywhere(resumed):
-    results, again = resumed[0], resumed[3]
+    results = resumed[0]
     report = json.loads((results / "tiny" / "report.json").read_text())
     trials = report["trials"]
     assert sorted(t["number"] for t in trials) == [0, 1, 2, 3]  # Optuna's numbers: each trial once
@@ -150,17 +150,15 @@ def test_the_resumed_search_has_each_trial_once_everywhere(resumed):
         assert [e for e, _ in sorted(logged)] == [e for e, _ in history], (logged, r.data.tags)
         assert [v for _, v in sorted(logged)] == pytest.approx([v for _, v in history], abs=1e-4)
     assert not [r for r in runs if r.info.status == "RUNNING"]
-    assert "search: resuming 'tiny' (interrupted at the search)" in again.stderr
 
 
 def test_the_killed_trial_went_on_from_its_checkpoint_as_if_never_stopped(resumed):
-    results, again = resumed[0], resumed[3]
+    results = resumed[0]
     report = json.loads((results / "tiny" / "report.json").read_text())
     first = next(t for t in report["trials"] if t["number"] == 0)
-    resumed_logs = resumed[-1][0] + again.stderr  # resumed, stopped by Ctrl-C, resumed again
-    lines = [ln for ln in resumed_logs.splitlines() if ln.startswith(f"trial {first['trial_id']}: epoch")]
-    # Tune's last snapshot before the kill holds the checkpoint of epoch 1 or 2: it goes on from there
-    assert lines and lines[0].split()[3] in ("2/4", "3/4"), resumed_logs[-3000:]
+    # Tune's last snapshot before the kill holds the checkpoint of epoch 1 or 2: it went on from there (and
+    # perhaps again after the Ctrl-C)
+    assert first["restarts"] and first["restarts"][0] in (1, 2), first
     # the first trial trains kd_reference's recipe with the study's seed: the same run as the baseline
     reference = next(r for r in report["rows"] if r["model"] == "kd_reference")
     assert [h["epoch"] for h in first["history"]] == [1, 2, 3, 4]

@@ -7,7 +7,7 @@ from kdsearch.augment import augmented_views
 from kdsearch.config import Recipe, Study, load_study
 from kdsearch.context import StudyContext
 from kdsearch.data import Split, load_arrays, prepare
-from kdsearch.engine import new_model, train, train_step
+from kdsearch.engine import Lesson, new_model, train, train_step
 from kdsearch.errors import UserError
 from kdsearch.losses import make_loss
 from kdsearch.store import Store
@@ -106,7 +106,7 @@ def test_training_pairs_each_epochs_views_with_that_epochs_logits(data, tmp_path
                                 seed=7), teacher, "t", 2)
     recipe = Recipe(loss="kd", alpha=0.0, epochs=2, batch_size=128, optimizer="sgd", lr=0.05, momentum=0.9)
     cached = new_model("student", 10, 0, cpu)
-    train(cached, recipe, small, seed=3, view_seed=7, teacher_logits=table)
+    train(cached, recipe, Lesson(small, 7, teacher_logits=table), seed=3)
 
     online = new_model("student", 10, 0, cpu)
     opt, loss_fn = torch.optim.SGD(online.parameters(), lr=0.05, momentum=0.9), make_loss(recipe)
@@ -121,7 +121,7 @@ def test_training_pairs_each_epochs_views_with_that_epochs_logits(data, tmp_path
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
     # and that tolerance would catch a wrong pairing: the table's epochs swapped give another student
     swapped = new_model("student", 10, 0, cpu)
-    train(swapped, recipe, small, seed=3, view_seed=7, teacher_logits=table.flip(0))
+    train(swapped, recipe, Lesson(small, 7, teacher_logits=table.flip(0)), seed=3)
     gap = max((p - q).abs().max().item() for p, q in zip(swapped.parameters(), cached.parameters()))
     assert gap > 2e-5, gap
 
