@@ -28,9 +28,10 @@ class EnginePhase:
         return [self.teacher, *(self.baselines[name] for name in BASELINES)]
 
 
-def run_key(recipe, data, seed, teacher_key=None):
-    """Everything that determines a student run; runs that read the teacher also depend on it."""
-    return make_key("run", key_fields(recipe), data.key, seed,
+def run_key(ctx, recipe, seed, teacher_key=None):
+    """Everything that determines a run of the study `ctx`: the recipe, its network, the data, the views and the
+    seed; runs that read the teacher also depend on it."""
+    return make_key("run", key_fields(recipe), ctx.networks.key(recipe.model), ctx.data.key, ctx.views.key, seed,
                     teacher_key if recipe.loss in NEEDS_TEACHER else None)
 
 
@@ -53,6 +54,6 @@ def run_baselines(ctx, table_epochs: Optional[int] = None):
     runs = {}
     for name in BASELINES:
         recipe = getattr(ctx.study.baselines, name)
-        spec = RunSpec(name, recipe, ctx.study.seed, run_key(recipe, ctx.data, ctx.study.seed, teacher_run.key))
+        spec = RunSpec(name, recipe, ctx.study.seed, run_key(ctx, recipe, ctx.study.seed, teacher_run.key))
         _, runs[name] = train_or_load(ctx, spec, table if recipe.loss in NEEDS_TEACHER else None)
     return EnginePhase(teacher_run, runs, table)

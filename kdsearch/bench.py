@@ -26,13 +26,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import imagefolder
-from .augment import MEAN, STD, augmented_views
+from .augment import MEAN, STD, Views, augmented_views
 from .config import Recipe
 from .data import check_source, load_arrays, to_split
 from .engine import make_optimizer, new_model, pick_device, predict, set_threads, train_step
 from .evidence import evidence
 from .losses import make_loss
 from .models import StudentNet, TeacherNet
+from .networks import notebook_networks
+
+VIEWS = Views(0)  # the notebook's crop, flip and CIFAR-10 normalisation, as its own loop here
 
 STUDY_SIZES = (1, 20)  # trials sharing one logit table, for kd_trial_img_s
 
@@ -113,7 +116,7 @@ def kdsearch_steps(split, logits, batch_size, repeats):
         start = time.perf_counter()
         for i in range(0, n, batch_size):
             idx = perm[i:i + batch_size]
-            x = augmented_views(split.x, idx, 0, 0)
+            x = augmented_views(split.x, idx, VIEWS, 0)
             loss, _ = train_step(model, opt, loss_fn, x, split.y[idx], logits[0, idx] if reads_table else None)
         loss.item()  # wait for the device
         if timed:
@@ -130,10 +133,10 @@ def kdsearch_steps(split, logits, batch_size, repeats):
 
 def teacher_pass(split, device):
     """Images per second of the logit-table pass: the teacher (eval, no grad) on one epoch's augmented views."""
-    teacher = new_model("teacher", 10, 0, device)
-    predict(teacher, split.x[:1024], views=lambda idx: augmented_views(split.x, idx, 0, 0))  # warm-up
+    teacher = new_model(notebook_networks(), "teacher", 0, device)
+    predict(teacher, split.x[:1024], lambda idx: augmented_views(split.x, idx, VIEWS, 0))  # warm-up
     start = time.perf_counter()
-    predict(teacher, split.x, views=lambda idx: augmented_views(split.x, idx, 0, 1)).sum().item()
+    predict(teacher, split.x, lambda idx: augmented_views(split.x, idx, VIEWS, 1)).sum().item()
     return len(split) / (time.perf_counter() - start)
 
 

@@ -28,10 +28,11 @@ def cmd_baselines(args):
     from .tables import format_table, write_baselines
     study = _study(args)
     start = time.perf_counter()
-    phase = run_baselines(open_study(study, args.results, pick_device(study.device)))
+    ctx = open_study(study, args.study, args.results, pick_device(study.device))
+    phase = run_baselines(ctx)
     rows = [{**r.to_json(), "cached": r.cached} for r in phase.rows]
-    json_path, md_path = write_baselines(rows, Path(args.results) / study.name)
-    print(format_table(rows))
+    json_path, md_path = write_baselines(rows, Path(args.results) / study.name, ctx.notebook)
+    print(format_table(rows, notebook=ctx.notebook))
     print(f"\nwrote {md_path} and {json_path} in {time.perf_counter() - start:.0f} s")
 
 
@@ -62,7 +63,7 @@ def cmd_train(args):
                         f"--seeds 0,1,2")
     label, recipe = recipe_of(study, args.recipe, overrides)
     device = pick_device(study.device)
-    ctx = open_study(study, args.results, device)
+    ctx = open_study(study, args.study, args.results, device)
     trained = train_recipe(ctx, label, recipe, seeds)
     out = trained.to_json(evidence(device, torch.get_num_threads()))
     folder = Path(args.results) / study.name / "train"

@@ -6,8 +6,10 @@ import os
 from .errors import UserError, first_line
 
 
-def start_ray(address, log):
-    """Join `address`, or start a local Ray on 127.0.0.1 with the dashboard; return the dashboard URL."""
+def start_ray(address, log, files=()):
+    """Join `address`, or start a local Ray on 127.0.0.1 with the dashboard; return the dashboard URL. files:
+    the users' network files, shipped to every worker by Ray's runtime environment (each a py_module there,
+    importable by its stem): a worker node needs only kdsearch installed, no shared file system."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no progress tables; we print our own lines
     # a forced experiment snapshot per checkpoint is expected here (num_to_keep=1); do not warn about it
@@ -24,13 +26,14 @@ def start_ray(address, log):
         os.environ.setdefault("RAY_py_gcs_connect_timeout_s", "5")
         os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "1")  # the tries (read by ray.init)
     import ray
+    env = {"py_modules": list(files)} if files else None
     if address is None:
         # "local": a new instance even when RAY_ADDRESS is set or a `ray start` cluster runs on this machine
         ctx = ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False,
-                       configure_logging=False)
+                       configure_logging=False, runtime_env=env)
     else:
         try:
-            ctx = ray.init(address=address, log_to_driver=False)
+            ctx = ray.init(address=address, log_to_driver=False, runtime_env=env)
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise UserError(f"cannot join the Ray cluster at --address {address} ({first_line(e, 150)}); fix: "
                             f"check the address (ray status on the head node), and set RAY_AUTH_MODE=token if the "

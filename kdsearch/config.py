@@ -9,15 +9,16 @@ import dataclasses
 from pathlib import Path
 from typing import Dict, List, Literal, Optional
 
-from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
 from pydantic.dataclasses import dataclass
 
 from .errors import UserError
+from .inputs import Augment, Data, Models
 from .losses import LOSSES, NEEDS_TEACHER, OPTIONAL_VALUES, losses_taking
 from .models import MODELS
-from .validation import Bound, Float, Int, check_space, read_yaml, rule, user_error
+from .networks import resolve
+from .validation import CONFIG, Bound, Float, Int, check_space, read_yaml, rule, user_error
 
-CONFIG = ConfigDict(extra="forbid")  # an unknown key is a typo: refused, never ignored
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"  # a plain folder name: no path separators, no leading dot
 SEARCHABLE = ("loss", "temperature", "alpha", "beta", "gamma", "lr", "epochs", "weight_decay",
               "batch_size")  # Recipe fields a space may hold
@@ -33,7 +34,7 @@ def _nulls(value):  # what a null optional value means, per loss: "null: dkd 8, 
 @dataclass(config=CONFIG)
 class Recipe:
     """How one network is trained. Defaults are the notebook's KD student."""
-    model: ModelName = Field("student", description="architecture, from models.MODELS")
+    model: ModelName = Field("student", description="the network's role: the study's models.teacher or .student")
     loss: LossName = Field("kd", description="training loss, from losses.LOSSES")
     optimizer: Optimizer = "adam"
     lr: Float(gt=0) = Field(1e-3, description="learning rate (the peak, with a cosine schedule)")
@@ -67,7 +68,8 @@ class Teacher(Recipe):
     weight_decay: Float(ge=0) = 5e-4
     schedule: Schedule = "cosine"
     epochs: Int(ge=1) = 50
-    checkpoint: Optional[str] = Field(None, description="a TeacherNet state_dict (.pt) to use instead of training")
+    checkpoint: Optional[str] = Field(None, description="a state_dict (.pt) of models.teacher to use instead of "
+                                                        "training one")
 
 
 _BASELINES = {}  # name -> its defaults, where they differ from Recipe's
@@ -103,15 +105,6 @@ class Baselines:
             raise rule("kd_reference", "must be KD of the student (loss: kd, model: student), as every trial "
                                        "starts from it")
         return self
-
-
-@dataclass(config=CONFIG)
-class Data:
-    source: Literal["auto", "cifar10", "imagefolder"] = Field(
-        "auto", description="auto: an image-folder archive or folder is imagefolder, else cifar10")
-    path: str = Field("data", description="a CIFAR-10 folder, or an image-folder archive or folder; --data overrides")
-    val_size: Int(ge=1) = Field(5000, description="validation images carved from the training set (stratified)")
-    train_subset: Optional[Int(ge=1)] = Field(None, description="train on a stratified subset of this size")
 
 
 @dataclass(config=CONFIG)
@@ -170,7 +163,9 @@ class Study:
     seed: Int(ge=0) = Field(0, description="seeds the split, the augmented views, initialisation and batch order")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when there is one")
     threads: Int(ge=0) = Field(0, description="torch CPU threads; 0: one per core")
+    models: Models = Field(default_factory=Models)
     data: Data = Field(default_factory=Data)
+    augment: Augment = Field(default_factory=Augment)
     teacher: Teacher = Field(default_factory=Teacher)
     baselines: Baselines = Field(default_factory=Baselines)
     space: Dict[Literal[SEARCHABLE], Param] = Field(default_factory=_default_space, min_length=1, description=(
@@ -227,6 +222,8 @@ def load_study(path, overrides=None):
     study = _validate(Study, raw, str(path))
     ckpt = study.teacher.checkpoint
     if ckpt and not Path(ckpt).expanduser().is_file():  # here, not in Teacher: a recipe is checked without disk
-        raise UserError(f"{path}: teacher.checkpoint: {ckpt} does not exist; fix: give the path of a TeacherNet "
-                        f"state_dict, or remove the key to train the teacher")
+        raise UserError(f"{path}: teacher.checkpoint: {ckpt} does not exist; fix: give the path of a state_dict "
+                        f"of models.teacher, or remove the key to train the teacher")
+    for role in ("teacher", "student"):  # a spec that does not resolve (the networks are built with the data)
+        resolve(getattr(study.models, role), Path(path).parent, f"{path}: models.{role}")
     return study

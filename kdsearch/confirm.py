@@ -83,7 +83,7 @@ def confirm(ctx, phase, trials, workers, tracker):
     for job, indices in served.items():
         recipe = Recipe(**json.loads(job[0]))
         spec = RunSpec("=".join(entries[i].model for i in indices), recipe, job[1],
-                       run_key(recipe, ctx.data, job[1], phase.teacher.key))
+                       run_key(ctx, recipe, job[1], phase.teacher.key))
         stored = ctx.store.load_run("runs", spec.key)
         if stored is None:
             todo.append((job, spec))
@@ -98,15 +98,16 @@ def confirm(ctx, phase, trials, workers, tracker):
             failed.update(served[job])
             continue
         history, state = result
-        model = new_model(spec.recipe.model, len(ctx.data.classes), spec.seed, ctx.data.train.x.device)
+        model = new_model(ctx.networks, spec.recipe.model, spec.seed, ctx.data.train.x.device)
         model.load_state_dict(state)
         # stored as soon as it is done, with its test accuracy (for the report only, never for a choice), so that
         # a resumed or repeated search trains it no more
-        run = save_run(ctx.store, spec, model, history, evaluate(model, ctx.data.test), history[-1]["time_s"])
+        run = save_run(ctx.store, spec, model, history, evaluate(model, ctx.data.test, ctx.views),
+                       history[-1]["time_s"])
         results[job] = run.val_acc, run.test_acc
         tracker.log_confirm_run(spec.name, run.config, spec.seed, history, run.test_acc)
     for i, student in students.items():  # the study seed's trial students: test accuracy once, now
-        entries[i].test_accs[0] = evaluate(student, ctx.data.test)
+        entries[i].test_accs[0] = evaluate(student, ctx.data.test, ctx.views)
     for e in entries:
         for s in seeds[1:]:
             val, test = results.get((json.dumps(e.config, sort_keys=True), s), (None, None))
@@ -132,7 +133,7 @@ def _entries(ctx, phase, trials, seeds):
     entries, students = [], {}
     for t in done[:ctx.study.confirm.top_k if len(seeds) > 1 else 1]:
         config = {**base, **t.params}
-        student = new_model(config["model"], len(ctx.data.classes), seeds[0], ctx.data.train.x.device)
+        student = new_model(ctx.networks, config["model"], seeds[0], ctx.data.train.x.device)
         student.load_state_dict(load_state(t.checkpoint, ctx.data.train.x.device)["model"])
         students[len(entries)] = student
         entries.append(ConfirmEntry(f"trial_{t.number}", t.number, config, [seeds[0]], [t.val_acc], [None],

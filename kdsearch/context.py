@@ -1,5 +1,5 @@
 """A study's context, made once and passed down: its validated study file, its data on the device, its store
-of models and tensors, the device and where progress lines go."""
+of models and tensors, the device, its views and networks, and where progress lines go."""
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -7,11 +7,13 @@ from typing import Callable
 
 import torch
 
+from .augment import Views, channel_stats
 from .config import Study
-from .data import StudyData, load_arrays, prepare
+from .data import CIFAR10_CLASSES, StudyData, cache_arrays, load_arrays, prepare
 from .engine import set_threads
 from .errors import UserError
 from .log import log_stderr
+from .networks import Networks, check, resolve
 from .store import Store
 
 
@@ -21,20 +23,67 @@ class StudyContext:
     data: StudyData
     store: Store
     device: torch.device
+    views: Views  # how every image is seen: crop, flip, normalisation, the study's seed
+    networks: Networks  # the teacher and student, for the data's classes and size
     log: Callable[[str], None] = log_stderr
 
+    @property
+    def notebook(self):
+        """The notebook's networks on CIFAR-10 at 32x32: the tables then show the notebook's own results."""
+        return self.networks.notebook and self.data.classes == CIFAR10_CLASSES and self.data.image_size == (32, 32)
 
-def open_study(study, results, device, log=log_stderr):
-    """Threads, data (decoded once, cached under <results>/cache, then held on `device`) and the store."""
+
+def open_study(study, study_file, results, device, log=log_stderr):
+    """Threads, data (decoded once, cached under <results>/cache, then held on `device`), its views and the
+    store; then the study's networks, built and run once on the CPU on two images of the data's size (and the
+    teacher's checkpoint loaded into its network): a mistake in them is a UserError before anything trains."""
     threads, cfg = set_threads(study.threads), study.data
     cache = Path(results) / "cache"
     start = time.perf_counter()
-    arrays = load_arrays(cfg.source, cfg.path, cache)
+    arrays = load_arrays(cfg.source, cfg.path, cache, cfg.image_size, write=False)
     load_s = time.perf_counter() - start
     if cfg.val_size + (cfg.train_subset or 1) > len(arrays.train_y):
         raise UserError(f"data.val_size ({cfg.val_size}) + data.train_subset ({cfg.train_subset}) exceed the "
                         f"{len(arrays.train_y)} training images of {cfg.path}; fix: lower them in the study file")
+    networks = study_networks(study, study_file, len(arrays.classes), arrays.train_x.shape[1:3])
+    cache_arrays(arrays, cache)  # only now: a mistake in the networks leaves nothing behind
     data = prepare(arrays, cfg.val_size, cfg.train_subset, study.seed, device)
-    log(f"data: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test images, "
-        f"{len(data.classes)} classes (loaded in {load_s:.1f} s), on {device}, {threads} CPU threads")
-    return StudyContext(study, data, Store(cache, log), device, log)
+    store = Store(cache, log)
+    views = study_views(study, data, store)
+    log(f"data: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test images of "
+        f"{data.image_size[0]}x{data.image_size[1]}, {len(data.classes)} classes (loaded in {load_s:.1f} s), on "
+        f"{device}, {threads} CPU threads; teacher {networks.teacher.spec}, student {networks.student.spec}")
+    return StudyContext(study, data, store, device, views, networks, log)
+
+
+def study_networks(study, study_file, num_classes, image_size):
+    """The study's Networks for its data, checked (networks.check), with the teacher's checkpoint if any."""
+    where = {role: f"{study_file}: models.{role}" for role in ("teacher", "student")}
+    folder = Path(study_file).parent
+    networks = Networks(resolve(study.models.teacher, folder, where["teacher"]),
+                        resolve(study.models.student, folder, where["student"]), num_classes, tuple(image_size))
+    check(networks, where)
+    if study.teacher.checkpoint:
+        from .teacher import load_teacher_checkpoint
+        try:
+            load_teacher_checkpoint(Path(study.teacher.checkpoint).expanduser(), networks, torch.device("cpu"))
+        except UserError as e:
+            raise UserError(f"{study_file}: teacher.checkpoint: {e}") from None
+    return networks
+
+
+def study_views(study, data, store):
+    """The study's Views: its seed, the crop's padding (default 1/8 of the image's smaller side), the flip, and
+    the normalisation: the study's data.mean / data.std, else the training split's own, computed once and
+    stored."""
+    mean, std = study.data.mean, study.data.std
+    if mean is None or std is None:
+        stats = store.load_tensor("stats", data.key)
+        if stats is None:
+            stats = channel_stats(data.train.x)
+            store.save_tensor("stats", data.key, stats)
+        mean = mean or tuple(round(float(v), 6) for v in stats[0])
+        std = std or tuple(round(float(v), 6) for v in stats[1])
+    padding = study.augment.crop_padding
+    return Views(study.seed, min(data.image_size) // 8 if padding is None else padding, study.augment.flip,
+                 tuple(mean), tuple(std))

@@ -25,6 +25,7 @@ from . import imagefolder
 from .errors import UserError
 
 CACHE_VERSION = "1"  # bump when the decoded layout changes
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
 @dataclass
@@ -36,6 +37,7 @@ class Arrays:
     test_y: np.ndarray
     classes: list
     key: str = ""  # fingerprint of the source: part of every cache key built on this data
+    cached: bool = False  # read from (or written into) the cache
 
 
 @dataclass
@@ -54,6 +56,11 @@ class StudyData:
     test: Split
     classes: list
     key: str  # fingerprint of the source and the split: part of every cache key built on this data
+
+    @property
+    def image_size(self):
+        """(H, W) of every image."""
+        return tuple(self.train.x.shape[2:])
 
 
 def resolve_source(source, path):
@@ -87,23 +94,35 @@ def _is_tar(path):
         raise UserError(f"cannot read data path {path} ({e.strerror}); fix: check its permissions") from None
 
 
-def load_arrays(source, path, cache_dir=None):
-    """Decode (or read from the cache) the whole dataset named by (source, path)."""
+def load_arrays(source, path, cache_dir=None, image_size=None, write=True):
+    """Decode (or read from the cache) the whole dataset named by (source, path), each image resized to
+    image_size x image_size when given. write=False: a newly decoded dataset is cached by `cache_arrays` later
+    (once the study's networks have been checked on it: a mistake leaves no cache behind)."""
     path = Path(path).expanduser()
     source = check_source(source, path)
     if source == "cifar10" and not (path / "cifar-10-batches-py").is_dir():
         _download_cifar10(path)  # first use; later, torchvision's md5 check runs only when decoding (a cache miss)
-    key = _fingerprint(source, path)
+    key = _fingerprint(source, path) + ("" if image_size is None else f"-{image_size}px")
     if cache_dir is not None:
         cached = _read_cache(Path(cache_dir) / "data" / key)
         if cached is not None:
-            cached.key = key
+            cached.key, cached.cached = key, True
             return cached
-    arrays = _decode_cifar10(path) if source == "cifar10" else Arrays(*imagefolder.decode(path))
+    if source == "cifar10":
+        arrays = _decode_cifar10(path, image_size)
+    else:
+        arrays = Arrays(*imagefolder.decode(path, image_size))
     arrays.key = key
-    if cache_dir is not None:
-        _write_cache(Path(cache_dir) / "data" / key, arrays)
+    if cache_dir is not None and write:
+        cache_arrays(arrays, cache_dir)
     return arrays
+
+
+def cache_arrays(arrays, cache_dir):
+    """Write a decoded dataset into the cache under its key (a dataset read from the cache is there already)."""
+    if not arrays.cached:
+        _write_cache(Path(cache_dir) / "data" / arrays.key, arrays)
+        arrays.cached = True
 
 
 # ---- fingerprints and the on-disk cache ----
@@ -165,7 +184,7 @@ def _download_cifar10(root):
                         f"network, or give --data an image-folder archive of CIFAR-10") from None
 
 
-def _decode_cifar10(root):
+def _decode_cifar10(root, size=None):
     import torchvision
     try:
         tr = torchvision.datasets.CIFAR10(root=str(root), train=True, download=False)
@@ -173,8 +192,13 @@ def _decode_cifar10(root):
     except RuntimeError:  # torchvision's integrity check failed
         raise UserError(f"{root / 'cifar-10-batches-py'} is incomplete or corrupt; fix: delete that folder and run "
                         f"again to download CIFAR-10 afresh") from None
-    return Arrays(np.ascontiguousarray(tr.data), np.asarray(tr.targets, np.int64),
-                  np.ascontiguousarray(te.data), np.asarray(te.targets, np.int64), list(tr.classes))
+    def images(split):
+        if size is None or split.data.shape[1:3] == (size, size):
+            return np.ascontiguousarray(split.data)
+        from PIL import Image
+        return np.stack([imagefolder.resized(Image.fromarray(img), size) for img in split.data])
+    return Arrays(images(tr), np.asarray(tr.targets, np.int64), images(te), np.asarray(te.targets, np.int64),
+                  list(tr.classes))
 
 
 # ---- splits ----

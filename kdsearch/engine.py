@@ -2,8 +2,9 @@
 
 Imports torch only: no Ray, Optuna or MLflow.
 
-A run is `train(model, recipe, Lesson(data.train, view_seed, data.val, table), seed=...)`: every epoch it shuffles, takes each batch's augmented views
-(augment.py), steps, then evaluates on the validation split and calls `report` with the epoch's metrics.
+A run is `train(model, recipe, Lesson(data.train, views, data.val, table), seed=...)`: every epoch it shuffles,
+takes each batch's augmented views (augment.py), steps, then evaluates on the validation split and calls
+`report` with the epoch's metrics.
 KD runs read the teacher's logits for each view from a precomputed (epochs, N, classes) table instead of
 running the teacher (teacher.py computes it once per study).
 """
@@ -14,11 +15,11 @@ from typing import Optional
 
 import torch
 
-from .augment import augmented_views, plain_views
+from .augment import Views, augmented_views, plain_views
 from .data import Split
 from .errors import UserError
 from .losses import NEEDS_TEACHER, make_loss
-from .models import build_model
+from .networks import logits_of
 
 
 def pick_device(name="auto"):
@@ -36,9 +37,10 @@ def set_threads(n=0):
     return n
 
 
-def new_model(name, num_classes, seed, device):
+def new_model(networks, role, seed, device):
+    """A new network of `role` (teacher or student) of the study's networks.Networks, initialised by `seed`."""
     torch.manual_seed(seed)  # the same seed gives the same initial weights
-    return build_model(name, num_classes).to(device, memory_format=torch.channels_last)
+    return networks.build(role).to(device, memory_format=torch.channels_last)
 
 
 def _autocast(device):
@@ -56,7 +58,7 @@ def make_optimizer(model, recipe):
 def train_step(model, opt, loss_fn, x, y, t=None):
     """One optimisation step; returns the (detached) loss and its parts, without a device sync."""
     with _autocast(x.device):
-        out = model(x)
+        out = logits_of(model(x))
     # the loss in float32: with bf16 logits, logits / T and the softmaxes would lose ~0.4% of precision
     loss, parts = loss_fn(out.float(), y, None if t is None else t.float())
     opt.zero_grad(set_to_none=True)
@@ -67,11 +69,12 @@ def train_step(model, opt, loss_fn, x, y, t=None):
 
 @dataclass(frozen=True)
 class Lesson:
-    """What a run learns from, the same for every seed of a study: the training split, the seed that fixes each
-    image's augmented view per epoch, the validation split each epoch is scored on, and the teacher's logits for
-    exactly those views (an (epochs, len(train), classes) tensor, which a distillation loss requires)."""
+    """What a run learns from, the same for every seed of a study: the training split, the study's views (each
+    image's augmented view per epoch, and the normalisation), the validation split each epoch is scored on, and the
+    teacher's logits for exactly those views (an (epochs, len(train), classes) tensor, which a distillation loss
+    requires)."""
     train: Split
-    view_seed: int
+    views: Views
     val: Optional[Split] = None
     teacher_logits: Optional[torch.Tensor] = None
 
@@ -79,7 +82,7 @@ class Lesson:
 def train(model, recipe, lesson, *, seed, report=None, resume=None):
     """Train `model` by `recipe` on `lesson` (a Lesson); return the per-epoch history.
 
-    seed: batch order (the views stay lesson.view_seed's, which the teacher's logits hold).
+    seed: batch order (the views stay the lesson's, which the teacher's logits hold).
     report(metrics, state): called after every epoch with {"epoch", "train_loss", "loss_<part>" for each of the
     loss's parts (e.g. loss_hard, loss_soft), "val_acc", "time_s"} and a function that returns the run's whole
     state (weights, optimizer, schedule, batch-order generator, history: what a checkpoint holds). resume: such a
@@ -87,7 +90,7 @@ def train(model, recipe, lesson, *, seed, report=None, resume=None):
     A loss that turns NaN or infinite stops the run at once: its last metrics say "diverged": True.
     """
     loss_fn = make_loss(recipe)
-    train, view_seed, teacher_logits = lesson.train, lesson.view_seed, lesson.teacher_logits
+    train, views, teacher_logits = lesson.train, lesson.views, lesson.teacher_logits
     needs_teacher = recipe.loss in NEEDS_TEACHER
     if needs_teacher and (teacher_logits is None or len(teacher_logits) < recipe.epochs):
         raise ValueError(f"the {recipe.loss} loss needs teacher logits for every epoch")
@@ -118,7 +121,7 @@ def train(model, recipe, lesson, *, seed, report=None, resume=None):
             idx = perm[i:i + recipe.batch_size]
             if len(idx) < 2:  # BatchNorm cannot train on a batch of one
                 continue
-            x = augmented_views(train.x, idx, view_seed, epoch)
+            x = augmented_views(train.x, idx, views, epoch)
             t = teacher_logits[epoch, idx] if needs_teacher else None
             loss, parts = train_step(model, opt, loss_fn, x, train.y[idx], t)
             total += loss
@@ -133,7 +136,7 @@ def train(model, recipe, lesson, *, seed, report=None, resume=None):
         diverged = not torch.isfinite(total).item()
         metrics = {"epoch": epoch + 1, "train_loss": total.item() / steps,
                    **{f"loss_{k}": float(v) / steps for k, v in sums.items()},
-                   "val_acc": evaluate(model, lesson.val) if lesson.val is not None else None,
+                   "val_acc": evaluate(model, lesson.val, views) if lesson.val is not None else None,
                    "time_s": time.perf_counter() - start, **({"diverged": True} if diverged else {})}
         history.append(metrics)
         if report is not None:
@@ -150,17 +153,19 @@ def curve_names(metrics):
 
 
 @torch.no_grad()
-def predict(model, x_uint8, batch_size=1024, views=None):
-    """Logits for all images (eval mode, no grad, large batches); `views(idx)` replaces the plain views."""
+def predict(model, x_uint8, views, batch_size=1024):
+    """Logits for all images (eval mode, no grad, large batches): of their plain views, normalised as `views` (a
+    Views), or of `views(idx)` when it is a function of the images' indices."""
     model.eval()
     out = []
     for i in range(0, len(x_uint8), batch_size):
         idx = torch.arange(i, min(i + batch_size, len(x_uint8)), device=x_uint8.device)
         with _autocast(x_uint8.device):
-            out.append(model(views(idx) if views else plain_views(x_uint8, idx)).float())
+            x = views(idx) if callable(views) else plain_views(x_uint8, idx, views)
+            out.append(logits_of(model(x)).float())
     return torch.cat(out)
 
 
-def evaluate(model, split, batch_size=1024):
-    """Top-1 accuracy in percent, without augmentation."""
-    return 100.0 * (predict(model, split.x, batch_size).argmax(1) == split.y).float().mean().item()
+def evaluate(model, split, views, batch_size=1024):
+    """Top-1 accuracy in percent on plain views (normalised as `views`), without augmentation."""
+    return 100.0 * (predict(model, split.x, views, batch_size).argmax(1) == split.y).float().mean().item()

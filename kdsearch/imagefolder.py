@@ -14,6 +14,15 @@ IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".gif", ".webp", ".tif", 
 SPLITS = ("train", "test")
 
 
+def resized(image, size):
+    """A PIL image as uint8 (H, W, 3), resized to size x size when size is given (bicubic, antialiased: PIL
+    widens its filter when it shrinks)."""
+    from PIL import Image
+    if size is not None and image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BICUBIC)
+    return np.asarray(image)
+
+
 def is_archive(path):
     return str(path).endswith((".tar.gz", ".tgz", ".tar"))
 
@@ -79,8 +88,9 @@ def _folder(path, limit):
     return files
 
 
-def decode(path):
-    """(train_x, train_y, test_x, test_y, classes): images uint8 (N, H, W, 3), labels int64 (N,)."""
+def decode(path, size=None):
+    """(train_x, train_y, test_x, test_y, classes): images uint8 (N, H, W, 3), labels int64 (N,). Grayscale,
+    palette and RGBA images become RGB; size: resize each to size x size (antialiased), else all must share one."""
     files = read_files(path)
     splits = {s: sorted(c for (sp, c) in files if sp == s) for s in SPLITS}
     if not splits["train"] or not splits["test"]:
@@ -96,23 +106,24 @@ def decode(path):
         xs, ys = [], []
         for label, cls in enumerate(classes):
             for name, blob in files[(split, cls)]:
-                img = _decode_image(path, name, blob)
+                img = _decode_image(path, name, blob, size)
                 if shape is None:
                     shape = img.shape
                 elif img.shape != shape:
                     raise UserError(f"{path}: image {name} is {img.shape[1]}x{img.shape[0]} but the others are "
-                                    f"{shape[1]}x{shape[0]}; fix: resize all images to one size")
+                                    f"{shape[1]}x{shape[0]}; fix: set data.image_size in the study file to resize "
+                                    f"them all on decode (e.g. image_size: {shape[0]})")
                 xs.append(img)
                 ys.append(label)
         out += [np.stack(xs), np.asarray(ys, np.int64)]
     return (*out, classes)
 
 
-def _decode_image(path, name, blob):
+def _decode_image(path, name, blob, size):
     from PIL import Image
     try:
         with Image.open(io.BytesIO(blob)) as im:
-            return np.asarray(im.convert("RGB"))
+            return resized(im.convert("RGB"), size)
     except Exception as e:
         raise UserError(f"{path}: cannot decode image {name} ({type(e).__name__}); fix: replace or remove "
                         f"that file") from None

@@ -1,7 +1,8 @@
 """The notebook's networks, layer for layer, with a flat registry by name.
 
 Layer order and attribute names match the notebook exactly, so a state_dict saved there loads here as is
-(TeacherNet: 3,251,018 parameters; StudentNet: 545,098).
+(TeacherNet: 3,251,018 parameters; StudentNet: 545,098, at 32x32). At another image size the first linear layer
+follows the image (its input is the last feature map's size); nothing else changes.
 """
 import torch.nn as nn
 import torch.nn.functional as F
@@ -18,13 +19,16 @@ def _conv_bn_block(c_in, c_out):
 class TeacherNet(nn.Module):
     """Three conv-BN blocks (64, 128, 256 channels) and a BN'd 512-unit classifier."""
 
-    def __init__(self, num_classes=10):
+    min_size = 8  # three 2x2 poolings
+
+    def __init__(self, num_classes=10, image_size=(32, 32)):
         super().__init__()
+        h, w = image_size[0] // 8, image_size[1] // 8
         self.block1 = _conv_bn_block(3, 64)
         self.block2 = _conv_bn_block(64, 128)
         self.block3 = _conv_bn_block(128, 256)
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(256 * 4 * 4, 512), nn.BatchNorm1d(512), nn.ReLU(), nn.Linear(512, num_classes),
+            nn.Flatten(), nn.Linear(256 * h * w, 512), nn.BatchNorm1d(512), nn.ReLU(), nn.Linear(512, num_classes),
         )
 
     def forward(self, x):
@@ -34,12 +38,15 @@ class TeacherNet(nn.Module):
 class StudentNet(nn.Module):
     """Two convs (32, 64 channels) with max-pooling and two linear layers; no normalisation."""
 
-    def __init__(self, num_classes=10):
+    min_size = 4  # two 2x2 poolings
+
+    def __init__(self, num_classes=10, image_size=(32, 32)):
         super().__init__()
+        h, w = image_size[0] // 4, image_size[1] // 4
         self.conv1 = nn.Conv2d(3, 32, kernel_size=3, padding=1)
         self.pool = nn.MaxPool2d(2, 2)
         self.conv2 = nn.Conv2d(32, 64, kernel_size=3, padding=1)
-        self.fc1 = nn.Linear(64 * 8 * 8, 128)
+        self.fc1 = nn.Linear(64 * h * w, 128)
         self.fc2 = nn.Linear(128, num_classes)
 
     def forward(self, x):
@@ -56,8 +63,8 @@ class StudentNet(nn.Module):
 MODELS = {"teacher": TeacherNet, "student": StudentNet}
 
 
-def build_model(name, num_classes=10):
-    return MODELS[name](num_classes=num_classes)
+def build_model(name, num_classes=10, image_size=(32, 32)):
+    return MODELS[name](num_classes=num_classes, image_size=tuple(image_size))
 
 
 def count_params(model):

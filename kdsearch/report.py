@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .names import CONFIRMED
 from .stats import mean_sd, verdict, welch
-from .tables import ROW_KEYS, format_table, settings, timings_line, verdict_lines
+from .tables import ROW_KEYS, format_table, networks_lines, notebook_compares, settings, timings_line, verdict_lines
 
 @dataclass
 class ReportMeta:
@@ -19,6 +19,7 @@ class ReportMeta:
     importances: dict  # importance.py's figures
     mlflow: dict  # the tracker's info
     dashboard: str
+    networks: dict  # search.networks_info: the specs, parameter counts, image size, whether the notebook compares
 
 
 def build(meta, rows, confirmation, trials):
@@ -50,7 +51,7 @@ def build(meta, rows, confirmation, trials):
             "space": {k: dataclasses.asdict(p) for k, p in meta.space.items()},
             "families": families(trials, meta.space, entries),
             "importances": meta.importances,
-            "trials": trials, "mlflow": meta.mlflow, "dashboard": meta.dashboard}
+            "trials": trials, "mlflow": meta.mlflow, "dashboard": meta.dashboard, "networks": meta.networks}
 
 
 def families(trials, space, confirmed):
@@ -145,9 +146,11 @@ def write(report, folder, figures):
     md += [f"{report['num_trials']} trials; best KD settings by "
            + ("mean validation accuracy over seeds" if report.get("confirmed") else "validation accuracy") + ": "
            + settings(best, " = ", skip=()) + ".", "",
-           "```", format_table(report["rows"], times=False), "```", "",
-           "Validation accuracy chose everything; test accuracy was measured once per model, for this table. The "
-           "notebook column is the notebook's own test-set result (its numbers were tuned on the test set).", ""]
+           *networks_lines(report), "",
+           "```", format_table(report["rows"], times=False, notebook=notebook_compares(report)), "```", "",
+           "Validation accuracy chose everything; test accuracy was measured once per model, for this table."
+           + (" The notebook column is the notebook's own test-set result (its numbers were tuned on the test set)."
+              if notebook_compares(report) else ""), ""]
     if report.get("confirmed"):
         md += [report["confirmation"]["note"], ""]
     if report.get("timings"):

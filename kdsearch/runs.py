@@ -55,9 +55,9 @@ def save_run(store, spec, model, history, test_acc, train_s):
 def train_or_load(ctx, spec, make_table=None):
     """Return (model, Run), on the data's device, for `spec` in the study `ctx`. make_table: a function that
     returns the teacher's logit table, called only when the run is trained (a stored run needs none). The views
-    are always the study seed's, which the logit table holds."""
+    are always the study's, which the logit table holds."""
     data, log, recipe = ctx.data, ctx.log, spec.recipe
-    model = new_model(recipe.model, len(data.classes), spec.seed, data.train.x.device)
+    model = new_model(ctx.networks, recipe.model, spec.seed, data.train.x.device)
     stored = ctx.store.load_run(spec.kind, spec.key)
     if stored is not None:
         model.load_state_dict(stored[0])
@@ -71,9 +71,10 @@ def train_or_load(ctx, spec, make_table=None):
             f"({m['time_s']:.0f} s)")
 
     start = time.perf_counter()
-    lesson = Lesson(data.train, ctx.study.seed, data.val, make_table() if make_table else None)
+    lesson = Lesson(data.train, ctx.views, data.val, make_table() if make_table else None)
     history = train(model, recipe, lesson, seed=spec.seed, report=report)
     if history[-1].get("diverged"):
         raise UserError(f"{spec.name} diverged in epoch {len(history)} (its loss became NaN or infinite) with lr "
                         f"{recipe.lr}; fix: lower {spec.name}'s lr in the study file")
-    return model, save_run(ctx.store, spec, model, history, evaluate(model, data.test), time.perf_counter() - start)
+    return model, save_run(ctx.store, spec, model, history, evaluate(model, data.test, ctx.views),
+                                 time.perf_counter() - start)

@@ -4,6 +4,7 @@ Checks, Ray, the engine phase, the search, the trials, the confirmation over see
 (trial.py) under Tune (tuner.py); MLflow is tracking.py's."""
 import contextlib
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -52,19 +53,24 @@ def run_search(study, study_file, options, log=log_stderr):
         study.search, num_samples=options.num_samples or study.search.num_samples))
     name, results = options.name or study.name, Path(options.results).resolve()
     device, resources, trial_device, uri = precheck(study, study_file, results, options.address)
-    state, described = SearchState(results / name), dataclasses.asdict(study)
-    record = state.begin(described, options.resume)
+    state, described = SearchState(results / name), json.loads(json.dumps(dataclasses.asdict(study)))
+    record = state.begin(described, options.resume, log)
+    took = {}
+    with timed(took, "data_s"):  # the data (a download included) and the networks, before anything of the search
+        ctx = open_study(study, study_file, results, device, log)
+    state.lock()
     tracker = tracking.open_tracker(uri, study.tracking.experiment or study.name, results / "mlartifacts")
-    dashboard = start_ray(options.address, log)
+    dashboard = start_ray(options.address, log, ctx.networks.files)
     record = mark_running(state, record, described, log)
-    status, took = "FAILED", {}
+    status = "FAILED"
     try:
-        with timed(took, "engine_s"):  # data, teacher, baselines and logits: timed once Ray and MLflow are up
-            ctx = open_study(study, results, device, log)
+        with timed(took, "engine_s"):  # teacher, baselines and logits: timed once Ray and MLflow are up
             phase = run_baselines(ctx)
             data = trial_data(ctx, phase.table(), resources, trial_device)
-        tracker.start_parent(name, record["search_id"], study_file, {
-            "num_samples": study.search.num_samples, "scheduler": study.search.scheduler, "seed": study.seed},
+        networks = networks_info(ctx, phase)
+        tracker.start_parent(name, record["search_id"], [study_file, *ctx.networks.files], {
+            "num_samples": study.search.num_samples, "scheduler": study.search.scheduler, "seed": study.seed,
+            **{f"{role}_{k}": networks[role][k] for role in ("teacher", "student") for k in ("model", "params")}},
             phase.rows)
         state.write(stage="the search")
         kd_ref = study.baselines.kd_reference
@@ -82,11 +88,12 @@ def run_search(study, study_file, options, log=log_stderr):
             confirmation = confirm(ctx, phase, trials, Workers(data, resources, study.search.max_concurrent), tracker)
         state.write(stage="the report")
         meta = reports.ReportMeta(study.name, name, study.space, importances([t.to_json() for t in trials],
-                                  study.space, log), tracker.info(), dashboard)
+                                  study.space, log), tracker.info(), dashboard, networks)
         report = reports.build(meta, phase.rows, confirmation, trials)
-        tracker.log_best(report, confirmation.student, _example_input(ctx.data))
+        tracker.log_best(report, confirmation.student, _example_input(ctx.data, ctx.views))
         figures = reports.render_figures(report, results / name)
-        report["timings"] = reports.timings(time.time() - t0, report["trials"], **took)
+        report["timings"] = reports.timings(time.time() - t0, report["trials"], took["data_s"] + took["engine_s"],
+                                            took["search_s"], took["confirm_s"])
         written = reports.write(report, results / name, figures)
         tracker.log_report(written)
         status = "FINISHED"
@@ -169,10 +176,19 @@ def trial_data(ctx, table, resources, device):
         return split.x.permute(0, 2, 3, 1).contiguous().cpu().numpy(), split.y.cpu().numpy()
 
     (tx, ty), (vx, vy) = nhwc(ctx.data.train), nhwc(ctx.data.val)
-    return TrialData(tx, ty, vx, vy, table.cpu().numpy(), len(ctx.data.classes), ctx.study.seed, device,
+    return TrialData(tx, ty, vx, vy, table.cpu().numpy(), ctx.networks, ctx.views, device,
                      max(1, int(resources["cpu"])))
 
 
-def _example_input(data):
+def networks_info(ctx, phase):
+    """The report's `networks`: each network's spec and parameter count, the images' size and class count, and
+    whether the notebook's table compares (its networks on CIFAR-10 at 32x32)."""
+    student = phase.baselines["student_ce"]
+    return {"teacher": {"model": ctx.networks.teacher.spec, "params": phase.teacher.params},
+            "student": {"model": ctx.networks.student.spec, "params": student.params},
+            "image_size": list(ctx.data.image_size), "classes": len(ctx.data.classes), "notebook": ctx.notebook}
+
+
+def _example_input(data, views):
     from .augment import plain_views
-    return plain_views(data.val.x, torch.arange(2, device=data.val.x.device)).contiguous().cpu().numpy()
+    return plain_views(data.val.x, torch.arange(2, device=data.val.x.device), views).contiguous().cpu().numpy()

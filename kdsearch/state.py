@@ -30,19 +30,25 @@ class SearchState:
             raise UserError(f"cannot read {self.path} ({type(e).__name__}); fix: delete {self.folder} to start "
                             f"the search afresh, or give another --name") from None
 
-    def begin(self, study, resume):
-        """Take the lock and apply the rules for --resume; returns the stored record, or None to start afresh.
-        `study`: the study as a JSON-able dict. Nothing is written when a rule refuses (but the lock's file in a
-        search's folder)."""
+    def begin(self, study, resume, log):
+        """Apply the rules for --resume; returns the stored record, or None to start afresh. `study`: the study
+        as a JSON-able dict. Writes nothing: a new search's folder and lock come with `lock()`, once its data and
+        networks are checked. A search that failed before anything of it finished (in the engine phase, whose
+        finished runs are stored anyway) starts afresh without --resume, and `log` says so."""
         if self.folder.exists():
             self._take_lock()  # first: a search that runs now must not read as an unfinished one
-            return self._check(study, resume)
-        record = self._check(study, resume)
-        self._take_lock()
-        return record
+        return self._check(study, resume, log)
 
-    def _check(self, study, resume):
+    def lock(self):
+        if self._lock is None:
+            self._take_lock()
+
+    def _check(self, study, resume, log):
         record, name = self.read(), self.folder.name
+        if not resume and record is not None and record["status"] == "failed" and "stage" not in record:
+            log(f"search: {name!r} failed before any of its trials ran; starting it afresh (its stored runs are "
+                f"reused)")
+            return None
         if resume and (record is None or record["status"] == "finished"):
             what = "finished" if record else f"has not started (no {self.path})"
             raise UserError(f"--resume: nothing to resume, the search {name!r} {what}; fix: drop --resume to "

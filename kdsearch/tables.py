@@ -10,14 +10,15 @@ ROW_KEYS = ("model", "params", "val_acc", "test_acc", "train_s", "config", "hist
 NOTEBOOK_TEST_ACC = {"teacher": 88.77, "student_mse": 65.59, "kd_reference": 76.84}
 
 
-def format_table(rows, times=True):
+def format_table(rows, times=True, notebook=True):
     """The models table: rows need model, params, val_acc, test_acc, and train_s when `times`. Rows with seeds
-    (a search's report) show means over seeds, each with its sd and the number of seeds."""
+    (a search's report) show means over seeds, each with its sd and the number of seeds. notebook: a column with
+    the notebook's own results (only for its networks on CIFAR-10)."""
     over_seeds = any(len(r.get("seeds") or ()) > 1 for r in rows)
     head = f"{'model':<14}{'params':>11}"
     head += (f"{'val acc (sd)':>17}{'test acc (sd)':>17}{'seeds':>7}" if over_seeds
              else f"{'val acc':>10}{'test acc':>10}")
-    head += f"{'notebook':>10}" + (f"{'train time':>12}" if times else "")
+    head += (f"{'notebook':>10}" if notebook else "") + (f"{'train time':>12}" if times else "")
     lines = [head, "-" * len(head)]
     for r in rows:
         ref = NOTEBOOK_TEST_ACC.get(r["model"])
@@ -27,7 +28,7 @@ def format_table(rows, times=True):
             line += f"{len(r['seeds']):>7}"
         else:
             line += f"{r['val_acc']:>9.2f}%{r['test_acc']:>9.2f}%"
-        line += f"{(f'{ref:.2f}%' if ref else '-'):>10}"
+        line += f"{(f'{ref:.2f}%' if ref else '-'):>10}" if notebook else ""
         if times:
             line += f"{r['train_s']:>10.1f} s" + ("  (stored)" if r.get("cached") else "")
         lines.append(line)
@@ -54,13 +55,29 @@ def _sd(sd):
     return f"({sd:.2f})" if sd is not None else ""
 
 
-def write_baselines(rows, folder):
+def notebook_compares(report):
+    """Whether a report's table compares with the notebook's (reports before `networks` existed all did)."""
+    return report.get("networks", {}).get("notebook", True)
+
+
+def networks_lines(report):
+    """The networks a report distilled, e.g. "teacher torchvision:resnet18 (11,181,642 params), student ...";
+    nothing for a report from before `networks` existed."""
+    n = report.get("networks")
+    if not n:
+        return []
+    h, w = n["image_size"]
+    return [f"teacher {n['teacher']['model']} ({n['teacher']['params']:,} params), student {n['student']['model']} "
+            f"({n['student']['params']:,} params), on {h}x{w} images of {n['classes']} classes"]
+
+
+def write_baselines(rows, folder, notebook=True):
     """baselines.json (the rows) and baselines.md (the table) in `folder`; returns their paths."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = folder / "baselines.json", folder / "baselines.md"
     paths[0].write_text(json.dumps([{k: r.get(k) for k in ROW_KEYS} for r in rows], indent=1))
-    paths[1].write_text("```\n" + format_table(rows) + "\n```\n")
+    paths[1].write_text("```\n" + format_table(rows, notebook=notebook) + "\n```\n")
     return paths
 
 
@@ -92,7 +109,9 @@ def print_summary(report, written, out=sys.stdout):
     for line in verdict_lines(report):
         print(line, file=out)
     print("", file=out)
-    print(format_table(report["rows"], times=False), file=out)
+    for line in networks_lines(report):
+        print(line, file=out)
+    print(format_table(report["rows"], times=False, notebook=notebook_compares(report)), file=out)
     if report.get("families") or report.get("importances"):
         print("", file=out)
     for f in report.get("families") or ():

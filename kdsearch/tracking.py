@@ -91,10 +91,11 @@ class Tracker:
         return {"tracking_uri": self.uri, "experiment": self.experiment, "parent_run_id": self.parent,
                 "ui_command": ui_command(self.uri)}
 
-    def start_parent(self, run_name, search_id, study_file, params, baseline_rows):
+    def start_parent(self, run_name, search_id, files, params, baseline_rows):
         """The search's parent run, or the one an interrupted search of the same `search_id` started (set
         RUNNING again, with its confirmation runs, so that a resumed search adds to it and never starts a second).
-        baseline_rows: the engine phase's Runs, logged as <model>_val_acc, <model>_test_acc."""
+        files: the study file and the users' network files, logged as artifacts. baseline_rows: the engine
+        phase's Runs, logged as <model>_val_acc, <model>_test_acc."""
         found = self.client.search_runs([self.experiment_id], f"tags.`kdsearch.search_id` = '{search_id}'")
         if found:
             self.parent = found[0].info.run_id
@@ -105,7 +106,8 @@ class Tracker:
         run = self.client.create_run(self.experiment_id, run_name=run_name,
                                      tags={"kdsearch.kind": "search", "kdsearch.search_id": search_id})
         self.parent = run.info.run_id
-        self.client.log_artifact(self.parent, str(study_file))
+        for path in [files] if isinstance(files, (str, Path)) else files:
+            self.client.log_artifact(self.parent, str(path))
         for k, v in params.items():
             self.client.log_param(self.parent, k, v)
         metrics = [Metric(metric_name(r.model, m), getattr(r, m), 0, 0) for r in baseline_rows for m in ACCURACIES]
@@ -205,7 +207,9 @@ class Tracker:
             import copy
             import warnings
             import torch
-            model = copy.deepcopy(model).float().cpu().eval()  # the example input is a CPU array
+            from .networks import LogitsOnly
+            # the logits alone (a user's network may return a tuple); the example input is a CPU array
+            model = LogitsOnly(copy.deepcopy(model).float().cpu().eval()).eval()
             mlflow.set_tracking_uri(self.uri)
             with mlflow.start_run(run_id=self.parent), warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # torch.export's notes on a CPU-only model

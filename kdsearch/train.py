@@ -49,6 +49,6 @@ def train_recipe(ctx, label, recipe, seeds):
         table = lazy_table(ctx, teacher, teacher_key, max(logit_epochs(ctx.study), recipe.epochs))
     runs = []
     for seed in seeds:
-        spec = RunSpec(label, recipe, seed, run_key(recipe, ctx.data, seed, teacher_key))
+        spec = RunSpec(label, recipe, seed, run_key(ctx, recipe, seed, teacher_key))
         runs.append(train_or_load(ctx, spec, table)[1])
     return Trained(label, dataclasses.asdict(recipe), runs)

@@ -12,8 +12,10 @@ from typing import Optional
 import numpy as np
 import torch
 
+from .augment import Views
 from .data import to_split
 from .engine import Lesson, new_model, set_threads, train
+from .networks import Networks
 
 CHECKPOINT = "trial.pt"  # a trial's whole training state, in its checkpoint folder
 
@@ -28,8 +30,8 @@ class TrialData:
     val_x: np.ndarray
     val_y: np.ndarray
     logits: np.ndarray  # the teacher's (epochs, N, classes) logit table
-    num_classes: int
-    view_seed: int  # the study's seed: it fixes the augmented views, and so the logit table
+    networks: Networks  # the study's teacher and student (a user's file arrives through Ray's runtime env)
+    views: Views  # the study's views (its seed included), which the logit table holds
     device: str = "cpu"  # where a trial trains
     threads: int = 1  # torch CPU threads per trial: its CPUs
 
@@ -78,7 +80,7 @@ def load_state(folder, device="cpu"):
 def kd_trial(recipe, data, seed, report=None, resume=None):
     """Train a model by `recipe` (a config.Recipe) on `data` (TrialData); return (history, model).
 
-    seed: initialisation and batch order (the views stay data.view_seed's). report(metrics, state) is called
+    seed: initialisation and batch order (the views stay data.views). report(metrics, state) is called
     after every epoch; metrics are the engine's plus `epochs` (what the recipe asked for: see `trial_state`),
     `train_start` and `wall` (time.time(), for the search's timings); state() is the run's whole state
     (engine.train), and `resume` such a state to go on from.
@@ -89,13 +91,13 @@ def kd_trial(recipe, data, seed, report=None, resume=None):
         warnings.simplefilter("ignore", UserWarning)
         train_split, val_split = to_split(data.train_x, data.train_y, device), to_split(data.val_x, data.val_y, device)
         table = torch.from_numpy(data.logits).to(device)
-    model = new_model(recipe.model, data.num_classes, seed, device)
+    model = new_model(data.networks, recipe.model, seed, device)
     start = time.time()
 
     def on_epoch(m, state):
         if report is not None:
             report({**m, "epochs": recipe.epochs, "train_start": start, "wall": time.time()}, state)
 
-    history = train(model, recipe, Lesson(train_split, data.view_seed, val_split, table), seed=seed,
+    history = train(model, recipe, Lesson(train_split, data.views, val_split, table), seed=seed,
                     report=on_epoch, resume=resume)
     return history, model

@@ -8,7 +8,7 @@ import typing
 from pathlib import Path
 from typing import Annotated, Union
 
-from pydantic import BeforeValidator, Field, Strict, TypeAdapter, ValidationError, WithJsonSchema
+from pydantic import BeforeValidator, ConfigDict, Field, Strict, TypeAdapter, ValidationError, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 from .errors import UserError
@@ -31,6 +31,9 @@ def _number(value):
         except ValueError:
             return value
     return float(value) if type(value) is int else value
+
+
+CONFIG = ConfigDict(extra="forbid")  # every schema section: an unknown key is a typo, refused, never ignored
 
 
 def Float(**bounds):

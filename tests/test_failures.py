@@ -22,8 +22,8 @@ from kdsearch.tuner import TuneJob, build_tuner, collect_trials
 def searched(tiny_archive, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("failures")
     logs = []
-    ctx = open_study(Study(name="failures", threads=2, data=Data(path=str(tiny_archive), val_size=100)), tmp,
-                     torch.device("cpu"), logs.append)
+    ctx = open_study(Study(name="failures", threads=2, data=Data(path=str(tiny_archive), val_size=100)),
+                     tmp / "failures.yaml", tmp, torch.device("cpu"), logs.append)
     # a logit table for 1 epoch: a 2-epoch trial raises at its start (the KD loss needs a view per epoch)
     table = np.random.default_rng(0).normal(size=(1, len(ctx.data.train), 10)).astype(np.float32)
     table = torch.from_numpy(table)
