@@ -13,6 +13,8 @@ def _study(args):
     overrides = {"data.path": args.data, "data.source": "auto"} if getattr(args, "data", None) else {}
     if getattr(args, "confirm_seeds", None) is not None:
         overrides["confirm.seeds"] = args.confirm_seeds  # validated with the study file's rules
+    if getattr(args, "num_samples", None) is not None and args.num_samples >= 1:
+        overrides["search.num_samples"] = args.num_samples
     return load_study(args.study, overrides)
 
 
@@ -92,7 +94,7 @@ def cmd_search(args):
     from .tables import print_summary
     from .search import Options, run_search
     try:
-        report, written = run_search(study, args.study, Options(args.results, args.name, args.num_samples,
+        report, written = run_search(study, args.study, Options(args.results, args.name,
                                                                  args.address, args.resume))
     except KeyboardInterrupt:
         again = " ".join(sys.argv[1:]) + ("" if args.resume else " --resume")

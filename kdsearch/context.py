@@ -52,7 +52,8 @@ def open_study(study, study_file, results, device, log=log_stderr):
     views = study_views(study, data, store)
     log(f"data: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test images of "
         f"{data.image_size[0]}x{data.image_size[1]}, {len(data.classes)} classes (loaded in {load_s:.1f} s), on "
-        f"{device}, {threads} CPU threads; teacher {networks.teacher.spec}, student {networks.student.spec}")
+        f"{device}, {threads} CPU threads; networks: teacher {networks.teacher.spec!r}, student "
+        f"{networks.student.spec!r}")
     return StudyContext(study, data, store, device, views, networks, log)
 
 

@@ -35,10 +35,10 @@ from .tuner import TuneJob, build_tuner, collect_trials, fit
 
 @dataclasses.dataclass
 class Options:
-    """A search's command-line options: its results folder, name, trial count, Ray cluster and --resume."""
+    """A search's command-line options: its results folder, name, Ray cluster and --resume (--num-samples and
+    --confirm-seeds are study values, set in the study by the command line)."""
     results: Path
     name: Optional[str] = None  # default: the study's name
-    num_samples: Optional[int] = None  # default: the study's search.num_samples
     address: Optional[str] = None  # a Ray cluster to join; default: a local Ray
     resume: bool = False
 
@@ -49,29 +49,24 @@ def run_search(study, study_file, options, log=log_stderr):
     resume: go on with the interrupted search of this name (state.py has the rules): the engine's results come
     from the store, the MLflow parent run and Tune's trials go on where they stopped."""
     t0 = time.time()
-    study = dataclasses.replace(study, search=dataclasses.replace(
-        study.search, num_samples=options.num_samples or study.search.num_samples))
     name, results = options.name or study.name, Path(options.results).resolve()
     device, resources, trial_device, uri = precheck(study, study_file, results, options.address)
     state, described = SearchState(results / name), json.loads(json.dumps(dataclasses.asdict(study)))
     record = state.begin(described, options.resume, log)
-    took = {}
-    with timed(took, "data_s"):  # the data (a download included) and the networks, before anything of the search
+    status, took = "FAILED", {}
+    with timed(took, "engine_s"):  # the data (a download included) and the networks, before anything of the search
         ctx = open_study(study, study_file, results, device, log)
     state.lock()
     tracker = tracking.open_tracker(uri, study.tracking.experiment or study.name, results / "mlartifacts")
     dashboard = start_ray(options.address, log, ctx.networks.files)
     record = mark_running(state, record, described, log)
-    status = "FAILED"
     try:
-        with timed(took, "engine_s"):  # teacher, baselines and logits: timed once Ray and MLflow are up
+        with timed(took, "engine_s"):  # and the teacher, baselines and logits, timed once Ray and MLflow are up
             phase = run_baselines(ctx)
             data = trial_data(ctx, phase.table(), resources, trial_device)
         networks = networks_info(ctx, phase)
-        tracker.start_parent(name, record["search_id"], [study_file, *ctx.networks.files], {
-            "num_samples": study.search.num_samples, "scheduler": study.search.scheduler, "seed": study.seed,
-            **{f"{role}_{k}": networks[role][k] for role in ("teacher", "student") for k in ("model", "params")}},
-            phase.rows)
+        tracker.start_parent(name, record["search_id"], [study_file, *ctx.networks.files],
+                             parent_params(study, networks), phase.rows)
         state.write(stage="the search")
         kd_ref = study.baselines.kd_reference
         job = TuneJob(data, dataclasses.asdict(kd_ref), resources, results / name, space_epochs(study.space, kd_ref))
@@ -92,8 +87,7 @@ def run_search(study, study_file, options, log=log_stderr):
         report = reports.build(meta, phase.rows, confirmation, trials)
         tracker.log_best(report, confirmation.student, _example_input(ctx.data, ctx.views))
         figures = reports.render_figures(report, results / name)
-        report["timings"] = reports.timings(time.time() - t0, report["trials"], took["data_s"] + took["engine_s"],
-                                            took["search_s"], took["confirm_s"])
+        report["timings"] = reports.timings(time.time() - t0, report["trials"], **took)
         written = reports.write(report, results / name, figures)
         tracker.log_report(written)
         status = "FINISHED"
@@ -112,10 +106,10 @@ def run_search(study, study_file, options, log=log_stderr):
 
 @contextlib.contextmanager
 def timed(took, key):
-    """took[key]: the seconds the block took."""
+    """Add the seconds the block took to took[key]."""
     start = time.time()
     yield
-    took[key] = time.time() - start
+    took[key] = took.get(key, 0.0) + time.time() - start
 
 
 def precheck(study, study_file, results, address):
@@ -187,6 +181,12 @@ def networks_info(ctx, phase):
     return {"teacher": {"model": ctx.networks.teacher.spec, "params": phase.teacher.params},
             "student": {"model": ctx.networks.student.spec, "params": student.params},
             "image_size": list(ctx.data.image_size), "classes": len(ctx.data.classes), "notebook": ctx.notebook}
+
+
+def parent_params(study, networks):
+    """The MLflow parent's params: the search's size, scheduler and seed, each network's spec and size."""
+    return {"num_samples": study.search.num_samples, "scheduler": study.search.scheduler, "seed": study.seed,
+            **{f"{role}_{k}": networks[role][k] for role in ("teacher", "student") for k in ("model", "params")}}
 
 
 def _example_input(data, views):

@@ -36,7 +36,7 @@ class SearchState:
         networks are checked. A search that failed before anything of it finished (in the engine phase, whose
         finished runs are stored anyway) starts afresh without --resume, and `log` says so."""
         if self.folder.exists():
-            self._take_lock()  # first: a search that runs now must not read as an unfinished one
+            self.lock()  # first: a search that runs now must not read as an unfinished one
         return self._check(study, resume, log)
 
     def lock(self):

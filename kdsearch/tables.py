@@ -61,14 +61,14 @@ def notebook_compares(report):
 
 
 def networks_lines(report):
-    """The networks a report distilled, e.g. "teacher torchvision:resnet18 (11,181,642 params), student ...";
-    nothing for a report from before `networks` existed."""
+    """The networks a report distilled, e.g. "networks: teacher = torchvision:resnet18 (11,181,642 params),
+    student = ..."; nothing for a report from before `networks` existed."""
     n = report.get("networks")
     if not n:
         return []
     h, w = n["image_size"]
-    return [f"teacher {n['teacher']['model']} ({n['teacher']['params']:,} params), student {n['student']['model']} "
-            f"({n['student']['params']:,} params), on {h}x{w} images of {n['classes']} classes"]
+    return [f"networks: teacher = {n['teacher']['model']} ({n['teacher']['params']:,} params), student = "
+            f"{n['student']['model']} ({n['student']['params']:,} params); {h}x{w} images, {n['classes']} classes"]
 
 
 def write_baselines(rows, folder, notebook=True):

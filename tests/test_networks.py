@@ -115,7 +115,8 @@ def test_a_search_distils_a_torchvision_teacher_into_a_file_student_on_gray_24px
                                                                   "kd_best")}}
     assert all(t["state"] == "completed" for t in report["trials"]) and len(report["trials"]) == 2
     md = (tmp_path / "results" / "own" / "report.md").read_text()
-    assert f"teacher torchvision:mobilenet_v3_small ({teacher_params:,} params), student tiny_net.py:Net" in md
+    assert (f"networks: teacher = torchvision:mobilenet_v3_small ({teacher_params:,} params), student = "
+            f"tiny_net.py:Net ({student_params:,} params); 24x24 images, 10 classes") in md
     assert "notebook" not in md  # the notebook's table compares with its own networks on CIFAR-10 only
     assert "notebook" not in r.stdout
     from mlflow.tracking import MlflowClient

@@ -217,3 +217,18 @@ def test_epochs_trained_again_after_a_restart_are_logged_once(tmp_path):
         after.log_epoch("t0", epoch, {"val_acc": 10.0 * epoch, "train_loss": 1.0, "wall": time.time()})
     history = after.client.get_metric_history(after.children["t0"], "val_acc")
     assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [(e, 10.0 * e) for e in (1, 2, 3, 4)]
+
+
+def test_a_search_that_failed_before_any_trial_starts_afresh_without_resume(tmp_path):
+    """Its engine phase failed (a teacher that diverged, say): nothing of the search itself finished, and what the
+    engine phase finished is in the store, so a new try needs no --resume. One that failed later still does."""
+    from kdsearch.state import SearchState
+    state, logs = SearchState(tmp_path / "s"), []
+    state.folder.mkdir()
+    state.write(status="failed", search_id="a", study={"name": "s"}, command="search s.yaml")
+    assert state.begin({"name": "s", "seed": 1}, False, logs.append) is None
+    assert logs == ["search: 's' failed before any of its trials ran; starting it afresh (its stored runs are "
+                    "reused)"]
+    state.write(status="failed", stage="the search")
+    with pytest.raises(Exception, match="did not finish \\(failed\\); fix: add --resume"):
+        state.begin({"name": "s"}, False, logs.append)
