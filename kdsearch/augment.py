@@ -18,7 +18,7 @@ _MASK = 0xFFFFFFFF
 @dataclass(frozen=True)
 class Views:
     """How a study's images are seen: the seed that fixes every view, the crop's zero padding, whether views
-    flip, and the normalisation (per channel, in units of 1/255 of a pixel's range, as torchvision's)."""
+    flip, and the normalisation (per-channel mean and std of pixel values scaled to 0..1, as torchvision's)."""
     seed: int
     padding: int = PAD
     flip: bool = True
@@ -46,7 +46,7 @@ def _hash32(x):
 
 def view_params(views, epoch, idx):
     """Crop offsets (dy, dx in 0..2*padding) and flip flags (0/1) of images `idx` (int64 tensor) in `epoch`.
-    With the default padding and flip these are the same views for any image size."""
+    They depend on the padding and the flip, not on the images: at padding 4 with flips, the notebook's views."""
     key = _hash32(_hash32((views.seed & _MASK) ^ 0x9E3779B9) ^ (epoch & _MASK))
     h = _hash32(idx.long() ^ key)
     span = 2 * views.padding + 1

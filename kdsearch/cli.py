@@ -19,7 +19,9 @@ def _study(args):
 
 
 def cmd_validate(args):
+    from .context import resolve_networks
     study = _study(args)
+    resolve_networks(study, args.study)  # they are built and run with the data, by the other commands
     print(f"{args.study}: valid study '{study.name}'")
 
 

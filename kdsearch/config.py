@@ -16,7 +16,6 @@ from .errors import UserError
 from .inputs import Augment, Data, Models
 from .losses import LOSSES, NEEDS_TEACHER, OPTIONAL_VALUES, losses_taking
 from .models import MODELS
-from .networks import resolve
 from .validation import CONFIG, Bound, Float, Int, check_space, read_yaml, rule, user_error
 
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"  # a plain folder name: no path separators, no leading dot
@@ -224,6 +223,4 @@ def load_study(path, overrides=None):
     if ckpt and not Path(ckpt).expanduser().is_file():  # here, not in Teacher: a recipe is checked without disk
         raise UserError(f"{path}: teacher.checkpoint: {ckpt} does not exist; fix: give the path of a state_dict "
                         f"of models.teacher, or remove the key to train the teacher")
-    for role in ("teacher", "student"):  # a spec that does not resolve (the networks are built with the data)
-        resolve(getattr(study.models, role), Path(path).parent, f"{path}: models.{role}")
     return study

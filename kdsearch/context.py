@@ -7,13 +7,14 @@ from typing import Callable
 
 import torch
 
-from .augment import Views, channel_stats
+from .augment import PAD, Views, channel_stats
 from .config import Study
 from .data import CIFAR10_CLASSES, StudyData, cache_arrays, load_arrays, prepare
 from .engine import set_threads
 from .errors import UserError
 from .log import log_stderr
-from .networks import Networks, check, resolve
+from .netcheck import check, load_teacher_checkpoint
+from .networks import Networks, resolve
 from .store import Store
 
 
@@ -29,8 +30,10 @@ class StudyContext:
 
     @property
     def notebook(self):
-        """The notebook's networks on CIFAR-10 at 32x32: the tables then show the notebook's own results."""
-        return self.networks.notebook and self.data.classes == CIFAR10_CLASSES and self.data.image_size == (32, 32)
+        """The notebook's networks on CIFAR-10 at 32x32 with its crop and flip: the tables then show the
+        notebook's own results beside kdsearch's."""
+        return (self.networks.notebook and self.data.classes == CIFAR10_CLASSES and self.data.image_size == (32, 32)
+                and (self.views.padding, self.views.flip) == (PAD, True))
 
 
 def open_study(study, study_file, results, device, log=log_stderr):
@@ -57,15 +60,19 @@ def open_study(study, study_file, results, device, log=log_stderr):
     return StudyContext(study, data, store, device, views, networks, log)
 
 
+def resolve_networks(study, study_file):
+    """{role: networks.Network} as the study file names them (cheap: a file's network is hashed, not run); a spec
+    that does not resolve is a UserError naming FILE: models.ROLE."""
+    return {role: resolve(getattr(study.models, role), Path(study_file).parent, f"{study_file}: models.{role}")
+            for role in ("teacher", "student")}
+
+
 def study_networks(study, study_file, num_classes, image_size):
-    """The study's Networks for its data, checked (networks.check), with the teacher's checkpoint if any."""
-    where = {role: f"{study_file}: models.{role}" for role in ("teacher", "student")}
-    folder = Path(study_file).parent
-    networks = Networks(resolve(study.models.teacher, folder, where["teacher"]),
-                        resolve(study.models.student, folder, where["student"]), num_classes, tuple(image_size))
-    check(networks, where)
+    """The study's Networks for its data, checked (netcheck.check), with the teacher's checkpoint if any."""
+    nets = resolve_networks(study, study_file)
+    networks = Networks(nets["teacher"], nets["student"], num_classes, tuple(image_size))
+    check(networks, {role: f"{study_file}: models.{role}" for role in nets})
     if study.teacher.checkpoint:
-        from .teacher import load_teacher_checkpoint
         try:
             load_teacher_checkpoint(Path(study.teacher.checkpoint).expanduser(), networks, torch.device("cpu"))
         except UserError as e:
@@ -86,5 +93,9 @@ def study_views(study, data, store):
         mean = mean or tuple(round(float(v), 6) for v in stats[0])
         std = std or tuple(round(float(v), 6) for v in stats[1])
     padding = study.augment.crop_padding
+    if padding is not None and padding >= min(data.image_size):
+        raise UserError(f"augment.crop_padding: {padding} pixels would crop {data.image_size[0]}x"
+                        f"{data.image_size[1]} images down to padding alone; fix: give less than "
+                        f"{min(data.image_size)} (null: {min(data.image_size) // 8})")
     return Views(study.seed, min(data.image_size) // 8 if padding is None else padding, study.augment.flip,
                  tuple(mean), tuple(std))

@@ -15,6 +15,7 @@ spec names them): no Ray, Optuna or MLflow.
 """
 import hashlib
 import importlib
+import importlib.machinery
 import importlib.util
 import sys
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError, first_line
+from .errors import UserError
 from .models import MODELS, build_model
 
 SPECS = "teacher, student, torchvision:NAME, timm:NAME, FILE.py:CALLABLE or package.module:CALLABLE"
@@ -57,17 +58,20 @@ class LogitsOnly(torch.nn.Module):
 @dataclass(frozen=True)
 class Network:
     """One network as its spec names it. kind: notebook, torchvision, timm, file or module; name: the model's
-    name, the file's absolute path or the module's; attr: the callable of a file or module; sha: a file's
-    content hash, part of every cache key built on the network (an edited file trains again)."""
+    name, the file's absolute path or the module's; attr: the callable of a file or module; version: what makes
+    the same spec build another network: a file's (or a module's file's) content hash, torchvision's or timm's
+    version. The key is what cache keys hold: an edited file trains again, however its path is spelt."""
     spec: str
     kind: str
     name: str
     attr: str = ""
-    sha: str = ""
+    version: str = ""
 
     @property
     def key(self):
-        return self.spec + (f"@{self.sha}" if self.sha else "")
+        if self.kind == "file":
+            return f"file:{self.version}:{self.attr}"
+        return self.spec + (f"@{self.version}" if self.version else "")
 
     def build(self, num_classes, image_size):
         if self.kind == "notebook":
@@ -77,8 +81,11 @@ class Network:
             return torchvision.models.get_model(self.name, weights=None, num_classes=num_classes)
         if self.kind == "timm":
             return _timm().create_model(self.name, pretrained=False, num_classes=num_classes)
-        module = importlib.import_module(self.name) if self.kind == "module" else load_file(self.name, self.sha)
-        return getattr(module, self.attr)(num_classes=num_classes)
+        return getattr(self.module(), self.attr)(num_classes=num_classes)
+
+    def module(self):
+        """The module of a file or module network (imported once)."""
+        return importlib.import_module(self.name) if self.kind == "module" else load_file(self.name, self.version)
 
 
 @dataclass(frozen=True)
@@ -118,20 +125,22 @@ def resolve(spec, base_dir, where):
     """The Network a spec names; a spec that does not resolve is a UserError naming `where` (FILE: models.ROLE)."""
     if spec in MODELS:
         return Network(spec, "notebook", spec)
-    prefix, colon, rest = spec.partition(":")
+    if spec.startswith("torchvision:"):
+        import torchvision
+        name = spec.split(":", 1)[1]
+        if name not in torchvision.models.list_models(module=torchvision.models):  # classifiers only
+            raise UserError(f"{where}: torchvision has no classification model {name!r}; fix: name one of "
+                            f"torchvision.models.list_models(module=torchvision.models), e.g. torchvision:resnet18")
+        return Network(spec, "torchvision", name, version=torchvision.__version__)
+    if spec.startswith("timm:"):
+        timm, name = _timm(where), spec.split(":", 1)[1]
+        if name not in timm.list_models():
+            raise UserError(f"{where}: timm has no model {name!r}; fix: name one of timm.list_models(), e.g. "
+                            f"timm:resnet18")
+        return Network(spec, "timm", name, version=timm.__version__)
+    prefix, colon, rest = spec.rpartition(":")  # the last colon: a path may hold one (C:/nets/net.py:Net)
     if not colon or not prefix or not rest:
         raise UserError(f"{where}: {spec!r} is not a network; fix: give one of {SPECS}")
-    if prefix == "torchvision":
-        import torchvision
-        if rest not in torchvision.models.list_models():
-            raise UserError(f"{where}: torchvision has no model {rest!r}; fix: name one of "
-                            f"torchvision.models.list_models(), e.g. torchvision:resnet18")
-        return Network(spec, "torchvision", rest)
-    if prefix == "timm":
-        if rest not in _timm(where).list_models():
-            raise UserError(f"{where}: timm has no model {rest!r}; fix: name one of timm.list_models(), e.g. "
-                            f"timm:resnet18")
-        return Network(spec, "timm", rest)
     if not rest.isidentifier():
         raise UserError(f"{where}: {rest!r} in {spec!r} is not a Python name; fix: give FILE.py:CALLABLE or "
                         f"package.module:CALLABLE")
@@ -144,8 +153,36 @@ def resolve(spec, base_dir, where):
         if not path.stem.isidentifier():
             raise UserError(f"{where}: {path.name} cannot be imported (its name is not a Python name); fix: "
                             f"rename it, e.g. to {''.join(c if c.isalnum() else '_' for c in path.stem)}.py")
+        _check_stem(path, where)
         return Network(spec, "file", str(path), rest, file_sha(path))
-    return Network(spec, "module", prefix, rest)
+    if not all(part.isidentifier() for part in prefix.split(".")):
+        raise UserError(f"{where}: {prefix!r} in {spec!r} is neither a .py file nor a module name; fix: give "
+                        f"FILE.py:CALLABLE or package.module:CALLABLE")
+    try:
+        found = importlib.util.find_spec(prefix)
+    except (ImportError, ValueError):
+        found = None
+    if found is None:
+        raise UserError(f"{where}: no module {prefix!r} can be imported here; fix: install it (on every Ray node "
+                        f"too), or give its file as FILE.py:{rest}")
+    origin = found.origin if found.origin and Path(found.origin).is_file() else None
+    return Network(spec, "module", prefix, rest, file_sha(origin) if origin else "")
+
+
+def _check_stem(path, where):
+    """A network file ships to Ray's workers as a module named by its stem, first on their path: a stem that
+    names another module (torch.py, random.py) would shadow it there. Refused here, before anything runs."""
+    try:  # on the path, not among the modules imported: a network file loaded before is one of those
+        other = importlib.machinery.PathFinder.find_spec(path.stem)
+    except (ImportError, ValueError):
+        other = None
+    origin = other.origin if other is not None else None
+    if origin and Path(origin).is_file() and file_sha(origin) == file_sha(path):
+        return  # this very file (from the current folder, or imported already): nothing to hide
+    if path.stem in sys.stdlib_module_names or (origin and Path(origin).resolve() != path):
+        what = "a standard-library module" if path.stem in sys.stdlib_module_names else f"the module at {origin}"
+        raise UserError(f"{where}: {path.name} is named like {what} ({path.stem!r}), which it would hide in Ray's "
+                        f"workers; fix: rename the file")
 
 
 def file_sha(path):
@@ -182,41 +219,3 @@ def _timm(where=None):
         raise UserError(f"{where or 'timm'}: timm is not installed; fix: pip install timm (or install kdsearch "
                         f"with its extra: pip install -e '.[timm]')") from None
     return timm
-
-
-def check(networks, where):
-    """Build both networks and run each on a batch of two images of the data's size, on the CPU: a constructor
-    or forward that raises, an output that is not (2, N) logits, a teacher and student that disagree on N: one
-    UserError naming where[role] (FILE: models.ROLE). Returns {role: parameter count}."""
-    h, w = networks.image_size
-    counts = {}
-    for role in ("teacher", "student"):
-        net, at = getattr(networks, role), where[role]
-        if net.kind == "notebook" and min(h, w) < MODELS[net.name].min_size:
-            raise UserError(f"{at}: the notebook's {net.name} needs images of at least {MODELS[net.name].min_size}"
-                            f"x{MODELS[net.name].min_size} (the data's are {h}x{w}); fix: set data.image_size, or "
-                            f"name another network")
-        try:
-            model = networks.build(role)
-        except UserError:
-            raise
-        except Exception as e:
-            raise UserError(f"{at}: building {net.spec} (num_classes={networks.num_classes}) raised "
-                            f"{first_line(e, 150)}; fix: make {net.spec} build a network "
-                            f"for num_classes={networks.num_classes}") from None
-        if not isinstance(model, torch.nn.Module):
-            raise UserError(f"{at}: {net.spec} returned a {type(model).__name__}, not a torch.nn.Module; fix: make "
-                            f"it return the network")
-        try:
-            with torch.no_grad():
-                out = logits_of(model.eval()(torch.zeros(2, 3, h, w)))
-        except Exception as e:
-            raise UserError(f"{at}: {net.spec} fails on a batch of 2 images of 3x{h}x{w} ({first_line(e, 150)}); "
-                            f"fix: make it take (B, 3, {h}, {w}) float images, or set "
-                            f"data.image_size") from None
-        if tuple(out.shape) != (2, networks.num_classes):
-            raise UserError(f"{at}: {net.spec} gives logits of shape {tuple(out.shape)} for 2 images, not (2, "
-                            f"{networks.num_classes}) for the data's {networks.num_classes} classes; fix: build "
-                            f"its head with num_classes")
-        counts[role] = sum(p.numel() for p in model.parameters())
-    return counts

@@ -19,7 +19,7 @@ from . import tracking
 from .baselines import run_baselines
 from .cluster import check_address, start_ray, stop_ray
 from .confirm import Workers, confirm
-from .context import open_study
+from .context import open_study, resolve_networks
 from .data import check_source
 from .engine import pick_device
 from .errors import UserError
@@ -51,7 +51,7 @@ def run_search(study, study_file, options, log=log_stderr):
     t0 = time.time()
     name, results = options.name or study.name, Path(options.results).resolve()
     device, resources, trial_device, uri = precheck(study, study_file, results, options.address)
-    state, described = SearchState(results / name), json.loads(json.dumps(dataclasses.asdict(study)))
+    state, described = SearchState(results / name), describe(study, study_file)
     record = state.begin(described, options.resume, log)
     status, took = "FAILED", {}
     with timed(took, "engine_s"):  # the data (a download included) and the networks, before anything of the search
@@ -181,6 +181,13 @@ def networks_info(ctx, phase):
     return {"teacher": {"model": ctx.networks.teacher.spec, "params": phase.teacher.params},
             "student": {"model": ctx.networks.student.spec, "params": student.params},
             "image_size": list(ctx.data.image_size), "classes": len(ctx.data.classes), "notebook": ctx.notebook}
+
+
+def describe(study, study_file):
+    """The study as the search's record holds it (JSON), with each network's key: for --resume, an edited network
+    file makes another study."""
+    keys = {role: n.key for role, n in resolve_networks(study, study_file).items()}
+    return json.loads(json.dumps({**dataclasses.asdict(study), "networks": keys}))
 
 
 def parent_params(study, networks):

@@ -1,9 +1,10 @@
 """A search's record on disk: its lock, its status and study, and the rules for --resume.
 
 <results>/<name>/search.json says whether the search of that name is running, interrupted, failed or finished,
-with the study it runs (as validated, with the command line's overrides) and its MLflow parent run. A search that
-did not finish is continued with --resume and only with the same study; a second search of the same name cannot
-start while one runs (an OS lock, released even when the process is killed).
+with the study it runs (as validated, with the command line's overrides, and its networks' keys) and its MLflow
+parent run. A search that did not finish is continued with --resume and only with the same study (one that failed
+before any trial ran starts afresh instead); a second search of the same name cannot start while one runs (an OS
+lock, released even when the process is killed).
 """
 import fcntl
 import json
@@ -32,8 +33,8 @@ class SearchState:
 
     def begin(self, study, resume, log):
         """Apply the rules for --resume; returns the stored record, or None to start afresh. `study`: the study
-        as a JSON-able dict. Writes nothing: a new search's folder and lock come with `lock()`, once its data and
-        networks are checked. A search that failed before anything of it finished (in the engine phase, whose
+        as a JSON-able dict. Writes nothing but the lock of an existing search's folder: a new search's folder and
+        lock come with `lock()`, once its data and networks are checked. A search that failed before anything of it finished (in the engine phase, whose
         finished runs are stored anyway) starts afresh without --resume, and `log` says so."""
         if self.folder.exists():
             self.lock()  # first: a search that runs now must not read as an unfinished one

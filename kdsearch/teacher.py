@@ -14,10 +14,10 @@ import torch
 
 from .augment import augmented_views
 from .config import key_fields
-from .engine import evaluate, new_model, predict
-from .errors import UserError, first_line
+from .engine import evaluate, predict
 from .losses import NEEDS_TEACHER
 from .models import count_params
+from .netcheck import load_teacher_checkpoint
 from .names import BASELINES
 from .runs import Run, RunSpec, train_or_load
 from .space import space_epochs
@@ -46,41 +46,6 @@ def get_teacher(ctx):
     fields = {k: v for k, v in key_fields(recipe).items() if k != "checkpoint"}
     key = make_key("teacher", fields, ctx.networks.teacher.key, data.key, ctx.views.key, ctx.study.seed)
     return train_or_load(ctx, RunSpec("teacher", recipe, ctx.study.seed, key, kind="teacher"))
-
-
-def load_teacher_checkpoint(path, networks, device):
-    """The study's teacher network (networks.Networks) with a state_dict saved by torch.save(model.state_dict(),
-    path), read with weights_only=True. Missing or unexpected keys and shape mismatches are one line naming the
-    first few."""
-    spec = networks.teacher.spec
-    fix = f"give a state_dict of {spec} for {networks.num_classes} classes as teacher.checkpoint"
-    if not path.is_file():
-        raise UserError(f"teacher checkpoint {path} does not exist; fix: {fix}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch.load fails in many ways on a file that is not a checkpoint; all mean the same
-        raise UserError(f"teacher checkpoint {path} cannot be read ({first_line(e, 150)}); fix: {fix}") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"teacher checkpoint {path} is not a state_dict of tensors; fix: {fix}")
-    model = new_model(networks, "teacher", 0, device)
-    wanted = model.state_dict()
-    wrong = [_listed("missing", [k for k in wanted if k not in state]),
-             _listed("unexpected", [k for k in state if k not in wanted]),
-             _listed("of another shape", [f"{k} {tuple(state[k].shape)} (not {tuple(v.shape)})"
-                                          for k, v in wanted.items() if k in state and state[k].shape != v.shape])]
-    wrong = [w for w in wrong if w]
-    if wrong:
-        raise UserError(f"teacher checkpoint {path} does not fit {spec} with {networks.num_classes} classes: "
-                        f"{'; '.join(wrong)}; fix: {fix}")
-    model.load_state_dict(state)
-    return model
-
-
-def _listed(what, keys, first=3):
-    if not keys:
-        return ""
-    more = f" and {len(keys) - first} more" if len(keys) > first else ""
-    return f"{len(keys)} key(s) {what}: {', '.join(keys[:first])}{more}"
 
 
 def logit_epochs(study):

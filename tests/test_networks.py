@@ -101,12 +101,11 @@ def test_a_search_distils_a_torchvision_teacher_into_a_file_student_on_gray_24px
     report = json.loads((tmp_path / "results" / "own" / "report.json").read_text())
     import torchvision
     teacher_params = count_params(torchvision.models.get_model("mobilenet_v3_small", num_classes=10))
-    sys.path.insert(0, str(study.parent))
-    try:
-        import tiny_net
-        student_params = count_params(tiny_net.Net(10))
-    finally:
-        sys.path.remove(str(study.parent))
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("own_tiny_net", study.parent / "tiny_net.py")
+    tiny_net = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tiny_net)
+    student_params = count_params(tiny_net.Net(10))
     assert report["networks"] == {"teacher": {"model": "torchvision:mobilenet_v3_small", "params": teacher_params},
                                   "student": {"model": "tiny_net.py:Net", "params": student_params},
                                   "image_size": [24, 24], "classes": 10, "notebook": False}
@@ -151,13 +150,14 @@ def test_a_file_student_is_reused_until_its_file_changes_and_the_notebook_teache
     after = stored(cache)
     assert {k: v for k, v in after.items() if k in before} == before  # the teacher and its logits reused
     new = sorted(k for k in after if k not in before)
-    assert len([k for k in new if k.startswith("runs/") and k.endswith(".pt")]) == 3, new  # the 3 students again
+    assert len(new) == 6 and all(k.startswith("runs/") for k in new), new  # the 3 students again (.pt, .json)
 
 
 BAD_NET = {
     "import": "import not_a_module_xyz\n",
     "raises": "def Net(num_classes):\n    raise ValueError('boom')\n",
     "nothing": "X = 1\n",
+    "random": "X = 1\n",
     "not_module": "def Net(num_classes):\n    return 3\n",
     "head": "import torch.nn as nn\n\ndef Net(num_classes):\n    return nn.Sequential(nn.Flatten(), nn.LazyLinear(1000))\n",
     "size": "import torch.nn as nn\n\ndef Net(num_classes):\n    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, "
@@ -169,12 +169,20 @@ BAD_NET = {
 MISTAKES = [  # (role, spec, the file's kind from BAD_NET, what the line says)
     ("student", "resnet18", None, "models.student: 'resnet18' is not a network; fix: give one of teacher, student, "
                                   "torchvision:NAME"),
-    ("teacher", "torchvision:resnet_nope", None, "models.teacher: torchvision has no model 'resnet_nope'; fix:"),
+    ("teacher", "torchvision:resnet_nope", None, "models.teacher: torchvision has no classification model "
+                                                 "'resnet_nope'; fix:"),
     ("student", "nofile.py:Net", None, "nofile.py does not exist; fix: give the path of a .py file"),
-    ("student", "bad.py:Net", "import", "models.student: building bad.py:Net (num_classes=10) raised "
-                                        "ModuleNotFoundError: No module named 'not_a_module_xyz'; fix:"),
+    ("student", "bad.py:Net", "import", "models.student: importing bad.py raised ModuleNotFoundError: No module "
+                                        "named 'not_a_module_xyz'; fix: install what it imports, or correct bad.py"),
     ("student", "bad.py:Net", "raises", "raised ValueError: boom; fix: make bad.py:Net build a network"),
-    ("student", "bad.py:Net", "nothing", "raised AttributeError: module 'bad' has no attribute 'Net'"),
+    ("student", "bad.py:Net", "nothing", "models.student: bad.py has no callable 'Net'; fix: define "
+                                         "Net(num_classes) in it"),
+    ("student", "random.py:Net", "random", "random.py is named like a standard-library module ('random')"),
+    ("student", "nets/tiny_net:Net", None, "'nets/tiny_net' in 'nets/tiny_net:Net' is neither a .py file nor a "
+                                           "module name"),
+    ("student", "no_such_pkg.models:Net", None, "no module 'no_such_pkg.models' can be imported here; fix: install"),
+    ("teacher", "torchvision:fasterrcnn_resnet50_fpn", None, "torchvision has no classification model "
+                                                             "'fasterrcnn_resnet50_fpn'"),
     ("student", "bad.py:Net", "not_module", "models.student: bad.py:Net returned a int, not a torch.nn.Module"),
     ("teacher", "bad.py:Net", "head", "models.teacher: bad.py:Net gives logits of shape (2, 1000) for 2 images, not "
                                       "(2, 10) for the data's 10 classes; fix: build its head with num_classes"),
@@ -194,7 +202,7 @@ def test_each_network_mistake_is_one_line_before_anything_is_written(role, spec,
     text = study.read_text().replace(f"  {role}: ", f"  {role}: {spec}  # ", 1)
     study.write_text(text)
     if kind:
-        (study.parent / "bad.py").write_text(BAD_NET[kind])
+        (study.parent / ("random.py" if kind == "random" else "bad.py")).write_text(BAD_NET[kind])
     r = kdsearch("search", study, "--data", gray, "--results", tmp_path / "results", cwd=tmp_path)
     assert r.returncode == 2 and message in r.stderr, r.stderr
     assert r.stderr.startswith(f"kdsearch: error: {study}: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr
@@ -268,3 +276,18 @@ def test_normalisation_is_the_training_splits_own_unless_the_study_gives_it(gray
                                     "augment.crop_padding": 2})
     ctx = open_study(given, study_file, tmp_path / "r", torch.device("cpu"), lambda m: None)
     assert (ctx.views.mean, ctx.views.std, ctx.views.padding) == ((0.5,) * 3, (0.25,) * 3, 2)
+
+
+def test_resume_refuses_once_a_network_file_was_edited(tmp_path):
+    from kdsearch.search import describe
+    from kdsearch.state import SearchState
+    study_file = own_study(tmp_path / "s", teacher="teacher")
+    state = SearchState(tmp_path / "r" / "own")
+    state.folder.mkdir(parents=True)
+    state.write(status="interrupted", stage="the search", study=describe(load_study(study_file), study_file),
+                command="search own.yaml")
+    assert state.begin(describe(load_study(study_file), study_file), True, print)["status"] == "interrupted"
+    with open(study_file.parent / "tiny_net.py", "a") as f:
+        f.write("# edited\n")
+    with pytest.raises(UserError, match="the study differs from the interrupted search's at networks.student; fix"):
+        state.begin(describe(load_study(study_file), study_file), True, print)
