@@ -29,8 +29,9 @@ from . import imagefolder
 from .augment import MEAN, STD, Views, augmented_views
 from .config import Recipe
 from .data import check_source, load_arrays, to_split
-from .engine import make_optimizer, new_model, pick_device, predict, set_threads, train_step
+from .engine import new_model, pick_device, predict, set_threads, train_step
 from .evidence import evidence
+from .levers import make_optimizer
 from .losses import make_loss
 from .models import StudentNet, TeacherNet
 from .networks import notebook_networks

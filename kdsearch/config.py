@@ -19,11 +19,15 @@ from .models import MODELS
 from .validation import CONFIG, Bound, Float, Int, check_space, read_yaml, rule, user_error
 
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"  # a plain folder name: no path separators, no leading dot
-SEARCHABLE = ("loss", "temperature", "alpha", "beta", "gamma", "lr", "epochs", "weight_decay",
-              "batch_size")  # Recipe fields a space may hold
+SEARCHABLE = ("loss", "temperature", "alpha", "beta", "gamma", "lr", "epochs", "weight_decay", "batch_size",
+              "optimizer", "momentum", "nesterov", "schedule", "warmup_epochs", "ema", "label_smoothing",
+              "grad_clip")  # Recipe fields a space may hold
+# the training levers' values that change nothing: a recipe holding them keeps the cache key it had before they
+# existed, so runs stored then are not trained again
+NEUTRAL = {"nesterov": False, "warmup_epochs": 0, "ema": None, "label_smoothing": 0.0, "grad_clip": None}
 LossName = Literal[tuple(sorted(LOSSES))]
 ModelName = Literal[tuple(sorted(MODELS))]
-Optimizer, Schedule = Literal["adam", "sgd"], Literal["none", "cosine"]
+Optimizer, Schedule = Literal["adam", "adamw", "sgd"], Literal["none", "cosine", "onecycle"]
 
 
 def _nulls(value):  # what a null optional value means, per loss: "null: dkd 8, dist 1"
@@ -35,17 +39,34 @@ class Recipe:
     """How one network is trained. Defaults are the notebook's KD student."""
     model: ModelName = Field("student", description="the network's role: the study's models.teacher or .student")
     loss: LossName = Field("kd", description="training loss, from losses.LOSSES")
-    optimizer: Optimizer = "adam"
+    optimizer: Optimizer = Field("adam", description="adamw: Adam with decoupled weight decay")
     lr: Float(gt=0) = Field(1e-3, description="learning rate (the peak, with a cosine schedule)")
     momentum: Float(ge=0, le=1) = Field(0.9, description="SGD only")
     weight_decay: Float(ge=0) = Field(0.0, description="L2 penalty, as the optimizer's weight_decay")
-    schedule: Schedule = Field("none", description="cosine: anneal lr to 0 over `epochs`, per epoch")
+    schedule: Schedule = Field("none", description="per epoch: cosine anneals lr to 0 over `epochs` (after any "
+                               "warm-up); onecycle rises from lr/25 to lr, then anneals to lr/2.5e5")
     epochs: Int(ge=1) = 30
     batch_size: Int(ge=1) = 256
     temperature: Float(gt=0) = Field(4.5, description="distillation: the softmax temperature T")
     alpha: Float(ge=0, le=1) = Field(0.8, description="distillation: the hard-label CE term's weight")
     beta: Optional[Float(ge=0)] = Field(None, description=f"dkd: NCKD's weight; dist: inter-class ({_nulls('beta')})")
     gamma: Optional[Float(ge=0)] = Field(None, description=f"dist: the intra-class term's weight ({_nulls('gamma')})")
+    nesterov: bool = Field(False, description="SGD only: Nesterov momentum")
+    warmup_epochs: Int(ge=0) = Field(0, description="epochs of linear warm-up to lr (onecycle: 0 means 30 % of "
+                                     "the epochs; as many as the run's epochs: it never reaches the peak)")
+    ema: Optional[Float(gt=0, lt=1)] = Field(None, description="decay of an exponential moving average of the "
+                                             "weights, which are then the ones evaluated and kept (e.g. 0.999)")
+    label_smoothing: Float(ge=0, lt=1) = Field(0.0, description="label smoothing of the hard-label CE term")
+    grad_clip: Optional[Float(gt=0)] = Field(None, description="clip the gradients' global norm to this")
+
+    @model_validator(mode="after")
+    def _levers_fit(self):
+        # like momentum, nesterov is SGD's alone and ignored by the others, so that a space may search both
+        if self.nesterov and self.optimizer == "sgd" and self.momentum == 0:
+            raise rule("nesterov", "needs momentum > 0", "raise momentum or remove {key} from {where}")
+        if self.label_smoothing and self.loss == "mse":
+            raise rule("label_smoothing", "the mse loss has no CE term to smooth", "remove {key} from {where}")
+        return self
 
     @model_validator(mode="after")
     def _loss_takes_its_values(self):
@@ -192,9 +213,10 @@ class Study:
 
 
 def key_fields(recipe):
-    """A recipe as a dict for cache keys: beta and gamma are left out while null, so that every run stored before
-    they existed keeps its key (and is not trained again)."""
-    return {k: v for k, v in dataclasses.asdict(recipe).items() if not (k in OPTIONAL_VALUES and v is None)}
+    """A recipe as a dict for cache keys: beta and gamma are left out while null, and the training levers while
+    NEUTRAL, so that every run stored before they existed keeps its key (and is not trained again)."""
+    return {k: v for k, v in dataclasses.asdict(recipe).items()
+            if not (k in OPTIONAL_VALUES and v is None) and not (k in NEUTRAL and v == NEUTRAL[k])}
 
 
 def _validate(cls, raw, where):

@@ -18,6 +18,7 @@ import torch
 from .augment import Views, augmented_views, plain_views
 from .data import Split
 from .errors import UserError
+from .levers import make_ema, make_optimizer, make_schedule
 from .losses import NEEDS_TEACHER, make_loss
 from .networks import logits_of
 
@@ -48,21 +49,17 @@ def _autocast(device):
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
-def make_optimizer(model, recipe):
-    if recipe.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-                               weight_decay=recipe.weight_decay)
-    return torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-
-
-def train_step(model, opt, loss_fn, x, y, t=None):
-    """One optimisation step; returns the (detached) loss and its parts, without a device sync."""
+def train_step(model, opt, loss_fn, x, y, t=None, clip=None):
+    """One optimisation step, the gradients' global norm clipped to `clip` when given; returns the (detached)
+    loss and its parts, without a device sync."""
     with _autocast(x.device):
         out = logits_of(model(x))
     # the loss in float32: with bf16 logits, logits / T and the softmaxes would lose ~0.4% of precision
     loss, parts = loss_fn(out.float(), y, None if t is None else t.float())
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     opt.step()
     return loss.detach(), parts
 
@@ -83,10 +80,12 @@ def train(model, recipe, lesson, *, seed, report=None, resume=None):
     """Train `model` by `recipe` on `lesson` (a Lesson); return the per-epoch history.
 
     seed: batch order (the views stay the lesson's, which the teacher's logits hold).
-    report(metrics, state): called after every epoch with {"epoch", "train_loss", "loss_<part>" for each of the
-    loss's parts (e.g. loss_hard, loss_soft), "val_acc", "time_s"} and a function that returns the run's whole
-    state (weights, optimizer, schedule, batch-order generator, history: what a checkpoint holds). resume: such a
-    state; training goes on from its epoch as if never stopped.
+    report(metrics, state): called after every epoch with {"epoch", "train_loss", "lr" (the epoch's),
+    "loss_<part>" for each of the loss's parts (e.g. loss_hard, loss_soft), "val_acc", "time_s"} and a function
+    that returns the run's whole state (weights, optimizer, schedule, batch-order generator, history, and with
+    recipe.ema the running weights and their average: what a checkpoint holds; its "model" is the weights
+    evaluated, the average when there is one). resume: such a state; training goes on from its epoch as if never stopped. With recipe.ema, `model`
+    holds the average when training ends.
     A loss that turns NaN or infinite stops the run at once: its last metrics say "diverged": True.
     """
     loss_fn = make_loss(recipe)
@@ -95,12 +94,15 @@ def train(model, recipe, lesson, *, seed, report=None, resume=None):
     if needs_teacher and (teacher_logits is None or len(teacher_logits) < recipe.epochs):
         raise ValueError(f"the {recipe.loss} loss needs teacher logits for every epoch")
     device = train.x.device
-    opt = make_optimizer(model, recipe)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, recipe.epochs) if recipe.schedule == "cosine" else None
+    opt, ema = make_optimizer(model, recipe), make_ema(model, recipe.ema)
+    sched = make_schedule(opt, recipe)
+    scored = ema.module if ema is not None else model  # what is evaluated and kept: the average, when there is one
     order = torch.Generator().manual_seed(seed)
     history, spent = [], 0.0
     if resume is not None:
-        model.load_state_dict(resume["model"])
+        model.load_state_dict(resume["raw"] if ema is not None else resume["model"])
+        if ema is not None:
+            ema.load_state_dict(resume["ema"])
         opt.load_state_dict(resume["optimizer"])
         if sched is not None:
             sched.load_state_dict(resume["scheduler"])
@@ -109,12 +111,14 @@ def train(model, recipe, lesson, *, seed, report=None, resume=None):
         spent = history[-1]["time_s"] if history else 0.0
 
     def state():
-        return {"model": model.state_dict(), "optimizer": opt.state_dict(), "order": order.get_state(),
-                "scheduler": sched.state_dict() if sched is not None else None, "history": history}
+        return {"model": scored.state_dict(), "optimizer": opt.state_dict(), "order": order.get_state(),
+                "scheduler": sched.state_dict() if sched is not None else None, "history": history,
+                **({"raw": model.state_dict(), "ema": ema.state_dict()} if ema is not None else {})}
 
     n, start = len(train), time.perf_counter() - spent
     for epoch in range(len(history), recipe.epochs):
         model.train()
+        lr = opt.param_groups[0]["lr"]  # this epoch's, before the schedule steps
         perm = torch.randperm(n, generator=order).to(device)
         total, sums, steps = torch.zeros((), device=device), {}, 0  # summed on the device: no sync per step
         for i in range(0, n, recipe.batch_size):
@@ -123,7 +127,9 @@ def train(model, recipe, lesson, *, seed, report=None, resume=None):
                 continue
             x = augmented_views(train.x, idx, views, epoch)
             t = teacher_logits[epoch, idx] if needs_teacher else None
-            loss, parts = train_step(model, opt, loss_fn, x, train.y[idx], t)
+            loss, parts = train_step(model, opt, loss_fn, x, train.y[idx], t, recipe.grad_clip)
+            if ema is not None:
+                ema.update_parameters(model)
             total += loss
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0) + v
@@ -134,15 +140,17 @@ def train(model, recipe, lesson, *, seed, report=None, resume=None):
             sched.step()
         steps = max(steps, 1)
         diverged = not torch.isfinite(total).item()
-        metrics = {"epoch": epoch + 1, "train_loss": total.item() / steps,
+        metrics = {"epoch": epoch + 1, "train_loss": total.item() / steps, "lr": lr,
                    **{f"loss_{k}": float(v) / steps for k, v in sums.items()},
-                   "val_acc": evaluate(model, lesson.val, views) if lesson.val is not None else None,
+                   "val_acc": evaluate(scored, lesson.val, views) if lesson.val is not None else None,
                    "time_s": time.perf_counter() - start, **({"diverged": True} if diverged else {})}
         history.append(metrics)
         if report is not None:
             report(metrics, state)
         if diverged:
             break
+    if ema is not None:  # the caller's model becomes the average: the one stored, tested and distilled from
+        model.load_state_dict(scored.state_dict())
     return history
 
 

@@ -40,11 +40,23 @@ def losses_taking(value):
     return tuple(name for name, loss in LOSSES.items() if value in loss.takes)
 
 
+def _ce(recipe):
+    """The hard-label term every loss but mse has: cross-entropy, with the recipe's label smoothing (Szegedy et
+    al., CVPR 2016: the target is 1 - eps on the label and eps / classes spread over all classes)."""
+    eps = recipe.label_smoothing
+
+    def ce(logits, labels):
+        return F.cross_entropy(logits, labels, label_smoothing=eps) if eps else F.cross_entropy(logits, labels)
+    return ce
+
+
 @register("ce")
 def ce(recipe):
     """Cross-entropy against the hard labels. parts: hard."""
+    hard_ce = _ce(recipe)
+
     def fn(logits, labels, teacher_logits=None):
-        loss = F.cross_entropy(logits, labels)
+        loss = hard_ce(logits, labels)
         return loss, {"hard": loss.detach()}
     return fn
 
@@ -69,10 +81,10 @@ def kd(recipe):
     The T^2 factor keeps the soft term's gradient scale independent of T.
     parts: hard = CE(s, y), soft = T^2 * KL(...), so that loss = alpha * hard + (1 - alpha) * soft.
     """
-    T, alpha = recipe.temperature, recipe.alpha
+    T, alpha, hard_ce = recipe.temperature, recipe.alpha, _ce(recipe)
 
     def fn(logits, labels, teacher_logits):
-        hard = F.cross_entropy(logits, labels)
+        hard = hard_ce(logits, labels)
         kl = F.kl_div(F.log_softmax(logits / T, dim=1), F.log_softmax(teacher_logits / T, dim=1),
                       reduction="batchmean", log_target=True)
         # ((1 - alpha) * T) * T * kl, not (1 - alpha) * soft: another order rounds differently, and this one is
@@ -97,13 +109,13 @@ def kd_ls(recipe):
     so the student matches the shape of the teacher's logits, not their scale: invariant to shifting and scaling
     either's logits. Paper's defaults: T 2, distillation weight 9 to CE 1 (alpha 0.1). parts: hard, soft.
     """
-    T, alpha = recipe.temperature, recipe.alpha
+    T, alpha, hard_ce = recipe.temperature, recipe.alpha, _ce(recipe)
 
     def z(x):
         return (x - x.mean(1, keepdim=True)) / (x.std(1, keepdim=True) + 1e-7)
 
     def fn(logits, labels, teacher_logits):
-        hard = F.cross_entropy(logits, labels)
+        hard = hard_ce(logits, labels)
         soft = T * T * _kl(F.log_softmax(z(logits) / T, dim=1), F.softmax(z(teacher_logits) / T, dim=1)).mean()
         return alpha * hard + (1 - alpha) * soft, {"hard": hard.detach(), "soft": soft.detach()}
     return fn
@@ -122,10 +134,10 @@ def dkd(recipe, beta):
     registered default, for a null recipe.beta); mdistiller's CE 1, TCKD 1, NCKD 8 is alpha 0.5 here. parts: hard,
     tckd, nckd.
     """
-    T, alpha = recipe.temperature, recipe.alpha
+    T, alpha, hard_ce = recipe.temperature, recipe.alpha, _ce(recipe)
 
     def fn(logits, labels, teacher_logits):
-        hard = F.cross_entropy(logits, labels)
+        hard = hard_ce(logits, labels)
         target = F.one_hot(labels, logits.shape[1]).bool()
         p_s, p_t = F.softmax(logits / T, dim=1), F.softmax(teacher_logits / T, dim=1)
         b_s = torch.stack([p_s[target], 1 - p_s[target]], 1).clamp_min(1e-12)
@@ -151,14 +163,14 @@ def dist(recipe, beta, gamma):
     Defaults: T 1, beta 1, gamma 1 (the registered defaults, for a null recipe.beta / recipe.gamma). parts: hard,
     inter, intra.
     """
-    T, alpha = recipe.temperature, recipe.alpha
+    T, alpha, hard_ce = recipe.temperature, recipe.alpha, _ce(recipe)
 
     def pearson(a, b):
         a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
         return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + 1e-8)
 
     def fn(logits, labels, teacher_logits):
-        hard = F.cross_entropy(logits, labels)
+        hard = hard_ce(logits, labels)
         p_s, p_t = F.softmax(logits / T, dim=1), F.softmax(teacher_logits / T, dim=1)
         inter = T * T * (1 - pearson(p_s, p_t).mean())
         intra = T * T * (1 - pearson(p_s.t(), p_t.t()).mean())

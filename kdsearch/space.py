@@ -16,10 +16,12 @@ def first_point(space, kd_reference, log):
     point = {}
     for name in sorted(space, key=lambda n: n != "loss"):  # the loss first: the other values depend on it
         p, value = space[name], getattr(kd_reference, name)
-        if value is None or (p.losses is not None and point.get("loss", kd_reference.loss) not in p.losses):
-            continue  # not a value of the first trial's loss (or kd_reference has none: Optuna draws it)
-        if p.type == "choice" and value not in p.values and isinstance(value, str):
-            clipped = p.values[0]
+        if p.losses is not None and point.get("loss", kd_reference.loss) not in p.losses:
+            continue  # not a value of the first trial's loss
+        if value is None and not (p.type == "choice" and None in p.values):
+            continue  # kd_reference has none (a loss's default, say): Optuna draws it
+        if p.type == "choice" and value not in p.values and (value is None or isinstance(value, (str, bool))):
+            clipped = p.values[0]  # no nearest: the first listed
         elif p.type == "choice":
             clipped = value if value in p.values else min(p.values, key=lambda v: abs(v - value))
         else:

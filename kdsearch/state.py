@@ -34,8 +34,9 @@ class SearchState:
     def begin(self, study, resume, log):
         """Apply the rules for --resume; returns the stored record, or None to start afresh. `study`: the study
         as a JSON-able dict. Writes nothing but the lock of an existing search's folder: a new search's folder and
-        lock come with `lock()`, once its data and networks are checked. A search that failed before anything of it finished (in the engine phase, whose
-        finished runs are stored anyway) starts afresh without --resume, and `log` says so."""
+        lock come with `lock()`, once its data and networks are checked. A search that failed before anything of
+        it finished (in the engine phase, whose finished runs are stored anyway) starts afresh without --resume,
+        and `log` says so."""
         if self.folder.exists():
             self.lock()  # first: a search that runs now must not read as an unfinished one
         return self._check(study, resume, log)

@@ -67,7 +67,7 @@ BAD_STUDIES = [
     ("name: x\nspace:\n  epochs: {type: choice, values: [10, 0]}\n", "space.epochs.values: must be >= 1"),
     ("name: x\nspace:\n  lr: {type: loguniform, high: 0.1}\n", "space.lr.low: required for type loguniform"),
     ("name: x\nspace:\n  lr: {type: gaussian, low: 0.1, high: 1}\n", "space.lr.type: must be one of"),
-    ("name: x\nspace:\n  momentum: {type: uniform, low: 0.1, high: 1}\n", "space.momentum: cannot be searched"),
+    ("name: x\nspace:\n  model: {type: choice, values: [teacher]}\n", "space.model: cannot be searched"),
     ("name: x\nspace:\n  lr: {type: uniform, low: 0.1, high: 1, scale: 2}\n", "space.lr.scale: unknown key"),
     ("name: x\nspace: {}\n", "space: must be a mapping of hyperparameters"),
     ("name: x\nsearch:\n  num_samples: 0\n", "search.num_samples: must be >= 1"),

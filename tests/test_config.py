@@ -9,8 +9,8 @@ import torch
 import yaml
 
 from kdsearch import losses
-from kdsearch.config import (SEARCHABLE, Baselines, Param, Recipe, Teacher, json_schema, key_fields, load_study,
-                             parse_recipe)
+from kdsearch.config import (NEUTRAL, SEARCHABLE, Baselines, Param, Recipe, Teacher, json_schema, key_fields,
+                             load_study, parse_recipe)
 from kdsearch.errors import UserError
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "search_spaces")
@@ -38,7 +38,7 @@ def test_the_shipped_study_files_are_valid_by_the_json_schema(validator, name):
     ("name: x\nconfirm:\n  seeds: 0\n", ["confirm", "seeds"]),
     ("name: x\nbaselines:\n  student_ce:\n    loss: hinge\n", ["baselines", "student_ce", "loss"]),  # a choice
     ("name: x\nteacher:\n  loss: kd\n", ["teacher", "loss"]),
-    ("name: x\nspace:\n  momentum: {type: uniform, low: 0.1, high: 1}\n", ["space"]),  # not searchable
+    ("name: x\nspace:\n  model: {type: choice, values: [teacher]}\n", ["space"]),  # not searchable
     ("name: x\nspace:\n  lr: {type: gaussian, low: 0.1, high: 1}\n", ["space", "lr", "type"]),
     ("name: x\ndata:\n  val_size: 2.5\n", ["data", "val_size"]),  # an int field
     ("name: a/b\n", ["name"]),
@@ -113,7 +113,8 @@ def test_the_dataclass_api_callers_use():
     assert (p.low, p.high, p.values) == (0, 1, None) and Param("choice", values=[1, 2]).values == [1, 2]
     r = Recipe(**dataclasses.asdict(Recipe(loss="dist", beta=2.0)))
     assert dataclasses.replace(r, lr=0.5).lr == 0.5 and vars(r)["beta"] == 2.0
-    assert key_fields(Recipe()) == {k: v for k, v in dataclasses.asdict(Recipe()).items() if k not in ("beta", "gamma")}
+    assert key_fields(Recipe()) == {k: v for k, v in dataclasses.asdict(Recipe()).items()
+                                    if k not in ("beta", "gamma", *NEUTRAL)}  # as before the levers existed
     assert key_fields(r)["beta"] == 2.0 and "gamma" not in key_fields(r)
 
 
