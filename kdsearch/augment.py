@@ -1,18 +1,37 @@
 """Batched augmentation on uint8 tensors: a random crop of the image's size with zero padding (4 at 32x32),
-a random horizontal flip (which a study can turn off), and normalisation by per-channel mean and std.
+a random horizontal flip (which a study can turn off), mixup or CutMix with a partner image, and normalisation by
+per-channel mean and std.
 
-The view of training image i in epoch e is a pure function of (seed, e, i): its crop offset and flip come from
-an integer hash, not from a random generator's state. So any run, any batch order and any device see the same
-view of the same image, and the teacher's logits for every view can be computed once per study and reused.
+The view of training image i in epoch e is a pure function of (seed, e, i): its crop offset, its flip, its
+partner image and mixing weight come from integer hashes, not from a random generator's state. So any run, any
+batch order and any device see the same view of the same image, and the teacher's logits for every view can be
+computed once per study and reused: with mixing, they are the teacher's logits of exactly the mixed image the
+student sees (Beyer et al., "A good teacher is patient and consistent", CVPR 2022). With a `period`, epoch e
+shows epoch e % period's views, so that the logit table of a long schedule stays `period` epochs long.
 """
+import functools
 from dataclasses import astuple, dataclass
+from typing import Optional
 
+import numpy as np
 import torch
 
 MEAN = (0.4914, 0.4822, 0.4465)  # the notebook's CIFAR-10 constants (its loop in `kdsearch bench`)
 STD = (0.2023, 0.1994, 0.2010)
 PAD = 4
 _MASK = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class Mix:
+    """Mixing of a view with a partner view (the partner image's own crop and flip of the same epoch), with
+    probability `prob`, by a weight lam ~ Beta(alpha, alpha) on the view's own image:
+    mixup (Zhang et al., ICLR 2018) blends the two, lam * own + (1 - lam) * partner; CutMix (Yun et al., ICCV 2019)
+    pastes a box of the partner of area about (1 - lam), lam then being the exact share of own pixels left.
+    The labels mix by the same weight."""
+    kind: str  # mixup or cutmix
+    alpha: float
+    prob: float
 
 
 @dataclass(frozen=True)
@@ -24,11 +43,25 @@ class Views:
     flip: bool = True
     mean: tuple = MEAN
     std: tuple = STD
+    mix: Optional[Mix] = None  # a recipe's mixup or CutMix (config.Recipe.mix, settings from the study's augment)
+    period: Optional[int] = None  # epoch e shows epoch e % period's views; None: every epoch its own
 
     @property
     def key(self):
-        """Everything that makes a view: part of the key of every run and logit table made with these views."""
-        return "views:" + ",".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in _flat(astuple(self)))
+        """Everything that makes a view: part of the key of every run and logit table made with these views
+        (mix and period only when set, so that views without them keep the keys they had before both existed)."""
+        key = "views:" + ",".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in _flat(astuple(self)[:5]))
+        if self.mix is not None:
+            key += f",{self.mix.kind}:{self.mix.alpha:.6g}:{self.mix.prob:.6g}"
+        return key + (f",period:{self.period}" if self.period else "")
+
+    def epoch(self, epoch):
+        """The epoch whose views training epoch `epoch` shows (and whose row of the logit table it reads)."""
+        return epoch % self.period if self.period else epoch
+
+    def table_epochs(self, epochs):
+        """The rows of a logit table that serves runs of up to `epochs` epochs: at most `period`."""
+        return min(epochs, self.period) if self.period else epochs
 
 
 def _flat(values):
@@ -44,11 +77,24 @@ def _hash32(x):
     return (x >> 16) ^ x
 
 
+def _epoch_key(views, epoch):
+    return _hash32(_hash32((views.seed & _MASK) ^ 0x9E3779B9) ^ (views.epoch(epoch) & _MASK))
+
+
+def _stream(views, epoch, idx, salt):
+    """A hash of each index of `idx` for one random choice (`salt`) of the epoch's views: independent of the
+    crop's hash and of each other."""
+    return _hash32(idx.long() ^ _hash32(_epoch_key(views, epoch) ^ salt))
+
+
+def _uniform(h):
+    return (h.double() + 0.5) / 2 ** 32  # in (0, 1)
+
+
 def view_params(views, epoch, idx):
     """Crop offsets (dy, dx in 0..2*padding) and flip flags (0/1) of images `idx` (int64 tensor) in `epoch`.
     They depend on the padding and the flip, not on the images: at padding 4 with flips, the notebook's views."""
-    key = _hash32(_hash32((views.seed & _MASK) ^ 0x9E3779B9) ^ (epoch & _MASK))
-    h = _hash32(idx.long() ^ key)
+    h = _hash32(idx.long() ^ _epoch_key(views, epoch))
     span = 2 * views.padding + 1
     flip = (h // (span * span)) % 2 if views.flip else torch.zeros_like(h)
     return h % span, (h // span) % span, flip
@@ -61,14 +107,106 @@ def normalize(x_uint8, views):
     return (x_uint8.float() - mean) * inv_std
 
 
+@functools.cache
+def _beta_quantiles(alpha, points=4096):
+    """Beta(alpha, alpha)'s quantile function at u = k / points, k = 0..points, in float64 (CPU).
+
+    Its CDF on [0, 1/2] is integrated after substituting x = s^(1/alpha), which turns the density's x^(alpha-1)
+    singularity at 0 into a smooth integrand (1 - s^(1/alpha))^(alpha-1); the upper half is its mirror image.
+    Plain float64 arithmetic: the same quantiles on every machine and torch version (a sampler's may change)."""
+    s = torch.linspace(0, 0.5 ** alpha, (1 << 16) + 1, dtype=torch.float64)
+    f = (1 - s ** (1 / alpha)) ** (alpha - 1)
+    cdf = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum((f[1:] + f[:-1]) / 2, 0)])
+    low = np.interp(np.linspace(0, 0.5, points // 2 + 1), (0.5 * cdf / cdf[-1]).numpy(), (s ** (1 / alpha)).numpy())
+    return torch.from_numpy(np.concatenate([low, 1 - low[-2::-1]]))
+
+
+def beta_weights(u, alpha):
+    """lam ~ Beta(alpha, alpha) for uniforms `u` (float64 in (0, 1)): the quantile function, interpolated."""
+    q = _beta_quantiles(float(alpha)).to(u.device)
+    pos = u * (len(q) - 1)
+    k = pos.floor().long().clamp(max=len(q) - 2)
+    return q[k] + (pos - k) * (q[k + 1] - q[k])
+
+
+@dataclass
+class MixedLabels:
+    """The labels of a mixed batch: each view's own label, its partner's, and the own label's weight lam (1 for
+    a view left unmixed). `probs` gives the (B, classes) targets the hard-label term reads."""
+    own: torch.Tensor
+    partner: torch.Tensor
+    weight: torch.Tensor  # float32 (B,)
+
+    def probs(self, classes):
+        w = self.weight[:, None]
+        return (w * torch.nn.functional.one_hot(self.own, classes) +
+                (1 - w) * torch.nn.functional.one_hot(self.partner, classes))
+
+
+def mix_params(views, epoch, idx, n, size):
+    """The mixing of images `idx` of a training split of `n` images of `size` (H, W) in `epoch`, with views.mix:
+    (partner index, own weight lam in float64, and the CutMix box (y0, y1, x0, x1) or None). A view is mixed with
+    probability mix.prob; an unmixed one has lam 1 (and an empty box)."""
+    mix, idx = views.mix, idx.long()
+    partner = _stream(views, epoch, idx, 0x1B873593) % n
+    mixed = _uniform(_stream(views, epoch, idx, 0xCC9E2D51)) < mix.prob
+    lam = torch.where(mixed, beta_weights(_uniform(_stream(views, epoch, idx, 0x85EBCA6B)), mix.alpha), 1.0)
+    if mix.kind == "mixup":
+        return partner, lam, None
+    # CutMix's box, as Yun et al.'s code: sides (H, W) * sqrt(1 - lam) about a uniform centre, clipped to the image
+    H, W = size
+    cut = (1 - lam).sqrt()
+    cut_h, cut_w = (H * cut).floor().long(), (W * cut).floor().long()
+    cy = (_uniform(_stream(views, epoch, idx, 0xE6546B64)) * H).floor().long()
+    cx = (_uniform(_stream(views, epoch, idx, 0x27D4EB2F)) * W).floor().long()
+    y0, y1 = (cy - cut_h // 2).clamp(0, H), (cy + cut_h // 2).clamp(0, H)
+    x0, x1 = (cx - cut_w // 2).clamp(0, W), (cx + cut_w // 2).clamp(0, W)
+    return partner, 1 - ((y1 - y0) * (x1 - x0)).double() / (H * W), (y0, y1, x0, x1)
+
+
 def augmented_views(images, idx, views, epoch):
+    """Augmented (and with views.mix, mixed) normalised views of images[idx] for `epoch`, as float (B, 3, H, W)
+    in channels_last: what the student trains on and the teacher's logit table holds."""
+    return _views(images, idx, views, epoch)[0]
+
+
+def training_batch(split, idx, views, epoch):
+    """(views, labels) of the training images `idx` of `split` in `epoch`: the labels are split.y[idx], or with
+    views.mix a MixedLabels."""
+    x, mixing = _views(split.x, idx, views, epoch)
+    if mixing is None:
+        return x, split.y[idx]
+    partner, lam = mixing
+    return x, MixedLabels(split.y[idx], split.y[partner], lam.float())
+
+
+def _views(images, idx, views, epoch):
+    """(views, None), or with views.mix (mixed views, (partner indices, own weights))."""
+    idx = idx.to(images.device)
+    x = _cropped(images, idx, views, epoch)
+    if views.mix is None:
+        return x, None
+    partner, lam, box = mix_params(views, epoch, idx, len(images), images.shape[2:])
+    other = _cropped(images, partner, views, epoch)
+    if box is None:
+        w = lam.float()[:, None, None, None]
+        x = w * x + (1 - w) * other  # mixing normalised pixels = normalising mixed ones: weights sum to 1
+    else:
+        y0, y1, x0, x1 = (b[:, None] for b in box)
+        rows = torch.arange(x.shape[2], device=x.device)
+        cols = torch.arange(x.shape[3], device=x.device)
+        inside = (((rows >= y0) & (rows < y1))[:, :, None] & ((cols >= x0) & (cols < x1))[:, None, :])[:, None]
+        x = torch.where(inside, other, x)
+    return x.contiguous(memory_format=torch.channels_last), (partner, lam)
+
+
+def _cropped(images, idx, views, epoch):
     """Augmented, normalised views (a Views) of images[idx] for `epoch`, as float (B, 3, H, W) in channels_last.
 
     images: uint8 (N, 3, H, W), ideally channels_last (its NHWC storage is what we gather from).
     One gather does pad, crop and flip for the whole batch: output pixel (y, x) of image b reads padded pixel
     (dy_b + y, dx_b + x), or (dy_b + y, dx_b + W - 1 - x) when b is flipped.
     """
-    idx = idx.to(images.device)
     batch = images[idx].permute(0, 2, 3, 1)  # (B, H, W, C): contiguous when images are channels_last
     B, H, W, _ = batch.shape
     pad = views.padding

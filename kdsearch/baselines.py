@@ -20,7 +20,7 @@ class EnginePhase:
     table (made at its first need only: a stored KD baseline needs none)."""
     teacher: Run
     baselines: dict
-    table: Callable[[], object]  # () -> the (epochs, N, classes) tensor, made or read once
+    table: Callable[[str], object]  # (mix) -> the (epochs, N, classes) tensor of that mixing, made or read once
 
     @property
     def rows(self):
@@ -31,18 +31,20 @@ class EnginePhase:
 def run_key(ctx, recipe, seed, teacher_key=None):
     """Everything that determines a run of the study `ctx`: the recipe, its network, the data, the views and the
     seed; runs that read the teacher also depend on it."""
-    return make_key("run", key_fields(recipe), ctx.networks.key(recipe.model), ctx.data.key, ctx.views.key, seed,
+    return make_key("run", key_fields(recipe), ctx.networks.key(recipe.model), ctx.data.key,
+                    ctx.views_of(recipe.mix).key, seed,
                     teacher_key if recipe.loss in NEEDS_TEACHER else None)
 
 
 def lazy_table(ctx, teacher, teacher_key, epochs):
-    """A function that returns the study's logit table, made (or read) at its first call only."""
-    held = []
+    """A function of a mixing (Recipe.mix) that returns the study's logit table of it, made (or read) at its
+    first call only."""
+    held = {}
 
-    def table():
-        if not held:
-            held.append(logit_table(ctx, teacher, teacher_key, epochs))
-        return held[0]
+    def table(mix="none"):
+        if mix not in held:
+            held[mix] = logit_table(ctx, teacher, teacher_key, epochs, mix)
+        return held[mix]
     return table
 
 

@@ -21,13 +21,16 @@ from .validation import CONFIG, Bound, Float, Int, check_space, read_yaml, rule,
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"  # a plain folder name: no path separators, no leading dot
 SEARCHABLE = ("loss", "temperature", "alpha", "beta", "gamma", "lr", "epochs", "weight_decay", "batch_size",
               "optimizer", "momentum", "nesterov", "schedule", "warmup_epochs", "ema", "label_smoothing",
-              "grad_clip")  # Recipe fields a space may hold
+              "grad_clip", "mix")  # Recipe fields a space may hold
 # the training levers' values that change nothing: a recipe holding them keeps the cache key it had before they
 # existed, so runs stored then are not trained again
-NEUTRAL = {"nesterov": False, "warmup_epochs": 0, "ema": None, "label_smoothing": 0.0, "grad_clip": None}
+NEUTRAL = {"nesterov": False, "warmup_epochs": 0, "ema": None, "label_smoothing": 0.0, "grad_clip": None,
+           "mix": "none"}
 LossName = Literal[tuple(sorted(LOSSES))]
 ModelName = Literal[tuple(sorted(MODELS))]
 Optimizer, Schedule = Literal["adam", "adamw", "sgd"], Literal["none", "cosine", "onecycle"]
+MIXES = ("none", "mixup", "cutmix")  # Recipe.mix: none, or augment.mixup's or augment.cutmix's mixing
+MixKind = Literal[MIXES]
 
 
 def _nulls(value):  # what a null optional value means, per loss: "null: dkd 8, dist 1"
@@ -58,6 +61,8 @@ class Recipe:
                                              "weights, which are then the ones evaluated and kept (e.g. 0.999)")
     label_smoothing: Float(ge=0, lt=1) = Field(0.0, description="label smoothing of the hard-label CE term")
     grad_clip: Optional[Float(gt=0)] = Field(None, description="clip the gradients' global norm to this")
+    mix: MixKind = Field("none", description="mix each training view with a partner's, labels too: mixup or "
+                         "cutmix, with the study's augment.mixup / augment.cutmix (each its own logit table)")
 
     @model_validator(mode="after")
     def _levers_fit(self):

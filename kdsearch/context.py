@@ -1,5 +1,6 @@
 """A study's context, made once and passed down: its validated study file, its data on the device, its store
 of models and tensors, the device, its views and networks, and where progress lines go."""
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -7,12 +8,13 @@ from typing import Callable
 
 import torch
 
-from .augment import PAD, Views, channel_stats
+from .augment import PAD, Mix, Views, channel_stats
 from .config import Study
 from .data import CIFAR10_CLASSES, StudyData, cache_arrays, load_arrays, prepare
 from .engine import set_threads
 from .errors import UserError
 from .log import log_stderr
+from .names import ROLES
 from .netcheck import check, load_teacher_checkpoint
 from .networks import Networks, resolve
 from .store import Store
@@ -35,8 +37,21 @@ class StudyContext:
         return (self.networks.notebook and self.data.classes == CIFAR10_CLASSES and self.data.image_size == (32, 32)
                 and (self.views.padding, self.views.flip) == (PAD, True))
 
+    def views_of(self, mix):
+        """The training views of a recipe whose mix is `mix` (none, mixup, cutmix): the study's, mixed by its
+        augment.mixup or augment.cutmix."""
+        return mix_views(self.views, self.study.augment, mix)
 
-def open_study(study, study_file, results, device, log=log_stderr):
+
+def mix_views(views, augment, mix):
+    """`views` with the mixing `mix` (none, mixup, cutmix) by the study's `augment` settings."""
+    if mix == "none":
+        return views
+    setting = getattr(augment, mix)
+    return dataclasses.replace(views, mix=Mix(mix, setting.alpha, setting.prob))
+
+
+def open_study(study, study_file, results, device, log=log_stderr, nets=None):
     """Threads, data (decoded once, cached under <results>/cache, then held on `device`), its views and the
     store; then the study's networks, built and run once on the CPU on two images of the data's size (and the
     teacher's checkpoint loaded into its network): a mistake in them is a UserError before anything trains."""
@@ -48,7 +63,8 @@ def open_study(study, study_file, results, device, log=log_stderr):
     if cfg.val_size + (cfg.train_subset or 1) > len(arrays.train_y):
         raise UserError(f"data.val_size ({cfg.val_size}) + data.train_subset ({cfg.train_subset}) exceed the "
                         f"{len(arrays.train_y)} training images of {cfg.path}; fix: lower them in the study file")
-    networks = study_networks(study, study_file, len(arrays.classes), arrays.train_x.shape[1:3])
+    networks = study_networks(study, study_file, nets or resolve_networks(study, study_file), len(arrays.classes),
+                              arrays.train_x.shape[1:3])
     cache_arrays(arrays, cache)  # only now: a mistake in the networks leaves nothing behind
     data = prepare(arrays, cfg.val_size, cfg.train_subset, study.seed, device)
     store = Store(cache, log)
@@ -64,12 +80,11 @@ def resolve_networks(study, study_file):
     """{role: networks.Network} as the study file names them (cheap: a file's network is hashed, not run); a spec
     that does not resolve is a UserError naming FILE: models.ROLE."""
     return {role: resolve(getattr(study.models, role), Path(study_file).parent, f"{study_file}: models.{role}")
-            for role in ("teacher", "student")}
+            for role in ROLES}
 
 
-def study_networks(study, study_file, num_classes, image_size):
+def study_networks(study, study_file, nets, num_classes, image_size):
     """The study's Networks for its data, checked (netcheck.check), with the teacher's checkpoint if any."""
-    nets = resolve_networks(study, study_file)
     networks = Networks(nets["teacher"], nets["student"], num_classes, tuple(image_size))
     check(networks, {role: f"{study_file}: models.{role}" for role in nets})
     if study.teacher.checkpoint:
@@ -98,4 +113,4 @@ def study_views(study, data, store):
                         f"{data.image_size[1]} images down to padding alone; fix: give less than "
                         f"{min(data.image_size)} (null: {min(data.image_size) // 8})")
     return Views(study.seed, min(data.image_size) // 8 if padding is None else padding, study.augment.flip,
-                 tuple(mean), tuple(std))
+                 tuple(mean), tuple(std), period=study.augment.period)

@@ -15,7 +15,7 @@ from typing import Optional
 
 import torch
 
-from .augment import Views, augmented_views, plain_views
+from .augment import MixedLabels, Views, plain_views, training_batch
 from .data import Split
 from .errors import UserError
 from .levers import make_ema, make_optimizer, make_schedule
@@ -51,9 +51,11 @@ def _autocast(device):
 
 def train_step(model, opt, loss_fn, x, y, t=None, clip=None):
     """One optimisation step, the gradients' global norm clipped to `clip` when given; returns the (detached)
-    loss and its parts, without a device sync."""
+    loss and its parts, without a device sync. y: the labels, or a mixed batch's MixedLabels."""
     with _autocast(x.device):
         out = logits_of(model(x))
+    if isinstance(y, MixedLabels):  # the hard-label term reads the mixed labels, as probabilities
+        y = y.probs(out.shape[1])
     # the loss in float32: with bf16 logits, logits / T and the softmaxes would lose ~0.4% of precision
     loss, parts = loss_fn(out.float(), y, None if t is None else t.float())
     opt.zero_grad(set_to_none=True)
@@ -84,15 +86,15 @@ def train(model, recipe, lesson, *, seed, report=None, resume=None):
     "loss_<part>" for each of the loss's parts (e.g. loss_hard, loss_soft), "val_acc", "time_s"} and a function
     that returns the run's whole state (weights, optimizer, schedule, batch-order generator, history, and with
     recipe.ema the running weights and their average: what a checkpoint holds; its "model" is the weights
-    evaluated, the average when there is one). resume: such a state; training goes on from its epoch as if never stopped. With recipe.ema, `model`
-    holds the average when training ends.
+    evaluated, the average when there is one). resume: such a state; training goes on from its epoch as if never
+    stopped. With recipe.ema, `model` holds the average when training ends.
     A loss that turns NaN or infinite stops the run at once: its last metrics say "diverged": True.
     """
     loss_fn = make_loss(recipe)
     train, views, teacher_logits = lesson.train, lesson.views, lesson.teacher_logits
     needs_teacher = recipe.loss in NEEDS_TEACHER
-    if needs_teacher and (teacher_logits is None or len(teacher_logits) < recipe.epochs):
-        raise ValueError(f"the {recipe.loss} loss needs teacher logits for every epoch")
+    if needs_teacher and (teacher_logits is None or len(teacher_logits) < views.table_epochs(recipe.epochs)):
+        raise ValueError(f"the {recipe.loss} loss needs teacher logits for every epoch's views")
     device = train.x.device
     opt, ema = make_optimizer(model, recipe), make_ema(model, recipe.ema)
     sched = make_schedule(opt, recipe)
@@ -125,9 +127,9 @@ def train(model, recipe, lesson, *, seed, report=None, resume=None):
             idx = perm[i:i + recipe.batch_size]
             if len(idx) < 2:  # BatchNorm cannot train on a batch of one
                 continue
-            x = augmented_views(train.x, idx, views, epoch)
-            t = teacher_logits[epoch, idx] if needs_teacher else None
-            loss, parts = train_step(model, opt, loss_fn, x, train.y[idx], t, recipe.grad_clip)
+            x, y = training_batch(train, idx, views, epoch)
+            t = teacher_logits[views.epoch(epoch), idx] if needs_teacher else None
+            loss, parts = train_step(model, opt, loss_fn, x, y, t, recipe.grad_clip)
             if ema is not None:
                 ema.update_parameters(model)
             total += loss

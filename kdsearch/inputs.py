@@ -41,8 +41,22 @@ class Data:
 
 
 @dataclass(config=CONFIG)
+class MixSetting:
+    """How a recipe's mix mixes: the weight lam ~ Beta(alpha, alpha), with probability prob per view."""
+    alpha: Float(gt=0) = Field(1.0, description="Beta(alpha, alpha) of the mixing weight")
+    prob: Float(gt=0, le=1) = Field(1.0, description="the share of views mixed")
+
+
+@dataclass(config=CONFIG)
 class Augment:
-    """The training views: a random crop of the image's size from the zero-padded image, and a horizontal flip."""
+    """The training views: a random crop of the image's size from the zero-padded image, a horizontal flip, and
+    for a recipe with `mix`, mixup's or CutMix's settings (the papers' CIFAR values by default)."""
     crop_padding: Optional[Int(ge=0)] = Field(None, description="the crop's zero padding in pixels; null: 1/8 of "
                                               "the image's smaller side (4 at 32x32)")
     flip: bool = Field(True, description="random horizontal flips (false for digits or text)")
+    mixup: MixSetting = Field(default_factory=MixSetting, description="Zhang et al. 2018: alpha 1 on CIFAR-10")
+    cutmix: MixSetting = Field(default_factory=lambda: MixSetting(1.0, 0.5),
+                               description="Yun et al. 2019: alpha 1, prob 0.5 on CIFAR")
+    period: Optional[Int(ge=1)] = Field(None, description="epoch e shows epoch e % period's views, so that the "
+                                        "teacher's logit table holds `period` epochs however long the runs; null: "
+                                        "every epoch its own views")

@@ -60,7 +60,15 @@ def make_ema(model, decay):
     if decay is None:
         return None
 
-    def average(avg, current, n):
-        d = min(decay, (1 + float(n)) / (10 + float(n)))
-        return avg + (current - avg) * (1 - d)
-    return torch.optim.swa_utils.AveragedModel(model, avg_fn=average, use_buffers=True)
+    def average(avgs, currents, _):
+        # the count from the CPU copy (a device copy is passed in: reading it would sync the GPU every step), and
+        # one foreach update per group of tensors (AveragedModel groups them by device and dtype)
+        n = float(ema.n_averaged)
+        d = min(decay, (1 + n) / (10 + n))
+        if avgs[0].is_floating_point():
+            torch._foreach_lerp_(avgs, currents, 1 - d)  # avg + (1 - d) (w - avg), as torch's own EMA does
+        else:  # BatchNorm's batch counts
+            for a, c in zip(avgs, currents):
+                a.copy_(a + (c - a) * (1 - d))
+    ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=average, use_buffers=True)
+    return ema

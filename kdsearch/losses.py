@@ -5,7 +5,8 @@ defaults, and whether it reads the teacher's logits. The study file's rules (con
 loss added here is known everywhere. `make_loss(recipe)` builds `recipe.loss` with the recipe's values (a null
 optional value gets the loss's default) and returns `fn(student_logits, labels, teacher_logits) -> (loss, parts)`,
 where `parts` maps each term of the loss to its detached value, unweighted, so that a run can log how its terms
-move (the alpha/T trade-off of KD).
+move (the alpha/T trade-off of KD). `labels` are class indices, or for mixed views (augment.py) each view's
+(B, classes) label probabilities.
 """
 from dataclasses import dataclass, field
 from typing import Callable
@@ -45,7 +46,7 @@ def _ce(recipe):
     al., CVPR 2016: the target is 1 - eps on the label and eps / classes spread over all classes)."""
     eps = recipe.label_smoothing
 
-    def ce(logits, labels):
+    def ce(logits, labels):  # F.cross_entropy takes class indices or probabilities
         return F.cross_entropy(logits, labels, label_smoothing=eps) if eps else F.cross_entropy(logits, labels)
     return ce
 
@@ -65,7 +66,7 @@ def ce(recipe):
 def mse(recipe):
     """MSE between the raw logits and one-hot targets: the notebook's "normal" student. parts: mse."""
     def fn(logits, labels, teacher_logits=None):
-        loss = F.mse_loss(logits, F.one_hot(labels, logits.shape[1]).to(logits.dtype))
+        loss = F.mse_loss(logits, _probs(labels, logits.shape[1]).to(logits.dtype))
         return loss, {"mse": loss.detach()}
     return fn
 
@@ -92,6 +93,11 @@ def kd(recipe):
         loss = alpha * hard + (1 - alpha) * T * T * kl
         return loss, {"hard": hard.detach(), "soft": (T * T * kl).detach()}
     return fn
+
+
+def _probs(labels, classes):
+    """One-hot targets of class indices; label probabilities as they are."""
+    return labels if labels.is_floating_point() else F.one_hot(labels, classes)
 
 
 def _kl(log_p_student, p_teacher):
@@ -138,7 +144,8 @@ def dkd(recipe, beta):
 
     def fn(logits, labels, teacher_logits):
         hard = hard_ce(logits, labels)
-        target = F.one_hot(labels, logits.shape[1]).bool()
+        # with mixed labels, the target class is each view's heavier label (at lam 0.5, the lower class index)
+        target = F.one_hot(labels.argmax(1) if labels.is_floating_point() else labels, logits.shape[1]).bool()
         p_s, p_t = F.softmax(logits / T, dim=1), F.softmax(teacher_logits / T, dim=1)
         b_s = torch.stack([p_s[target], 1 - p_s[target]], 1).clamp_min(1e-12)
         b_t = torch.stack([p_t[target], 1 - p_t[target]], 1)

@@ -5,6 +5,7 @@ import torch
 
 from .errors import UserError, first_line
 from .models import MODELS
+from .names import ROLES
 from .networks import logits_of
 
 
@@ -14,7 +15,7 @@ def check(networks, where):
     UserError naming where[role] (FILE: models.ROLE). Returns {role: parameter count}."""
     h, w = networks.image_size
     counts = {}
-    for role in ("teacher", "student"):
+    for role in ROLES:
         net, at = getattr(networks, role), where[role]
         if net.kind == "notebook" and min(h, w) < MODELS[net.name].min_size:
             raise UserError(f"{at}: the notebook's {net.name} needs images of at least {MODELS[net.name].min_size}"

@@ -40,12 +40,21 @@ def plot_report(report, folder):
 
     names = sorted({k for t in trials for k in t["params"]})
     if names:
-        fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.2), squeeze=False)
-        for ax, name in zip(axes[0], names):
+        cols = min(len(names), 6)  # rows of six: a searched recipe has a dozen values
+        rows = -(-len(names) // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
+        for ax in axes.flat[len(names):]:
+            ax.axis("off")
+        for ax, name in zip(axes.flat, names):
             having = [t for t in trials if name in t["params"]]  # a value some losses do not take
-            ax.scatter([t["params"][name] for t in having], [t["val_acc"] for t in having],
-                       c=[colors.get(t["state"], "k") for t in having], s=20)
-            if report["space"].get(name, {}).get("type") == "loguniform":
+            p = report["space"].get(name, {})
+            # a choice is plotted by its listed values' names, null included (matplotlib would drop a None)
+            x = [t["params"][name] for t in having]
+            if p.get("type") == "choice":
+                ax.set_xticks(range(len(p["values"])), ["null" if v is None else str(v) for v in p["values"]])
+                x = [p["values"].index(v) for v in x]
+            ax.scatter(x, [t["val_acc"] for t in having], c=[colors.get(t["state"], "k") for t in having], s=20)
+            if p.get("type") == "loguniform":
                 _log_x(ax)
             ax.set(xlabel=name, ylabel="val acc (%)")
         fig.suptitle("Validation accuracy against each hyperparameter")

@@ -73,6 +73,13 @@ def families(trials, space, confirmed):
     return out
 
 
+def baselines_note(report):
+    """What the fixed rows are: their study recipes, never searched."""
+    return ("student_ce and kd_reference are fixed reference points: each trains by its study recipe (by default "
+            "Adam at a constant learning rate on cropped and flipped views) and is never searched; only the trials, "
+            f"and so kd_best, moved {', '.join(report['space'])}.")
+
+
 CONFIRM_NOTE = ("A seed changes the initialisation and the batch order; the augmented views and the teacher's logit "
                 "table stay the study's. Means and 95 % Welch intervals are over seeds; test accuracy was measured "
                 "once per model and chose nothing.")
@@ -150,7 +157,7 @@ def write(report, folder, figures):
            "```", format_table(report["rows"], times=False, notebook=notebook_compares(report)), "```", "",
            "Validation accuracy chose everything; test accuracy was measured once per model, for this table."
            + (" The notebook column is the notebook's own test-set result (its numbers were tuned on the test set)."
-              if notebook_compares(report) else ""), ""]
+              if notebook_compares(report) else ""), "", baselines_note(report), ""]
     if report.get("confirmed"):
         md += [report["confirmation"]["note"], ""]
     if report.get("timings"):

@@ -53,9 +53,9 @@ def save_run(store, spec, model, history, test_acc, train_s):
 
 
 def train_or_load(ctx, spec, make_table=None):
-    """Return (model, Run), on the data's device, for `spec` in the study `ctx`. make_table: a function that
-    returns the teacher's logit table, called only when the run is trained (a stored run needs none). The views
-    are always the study's, which the logit table holds."""
+    """Return (model, Run), on the data's device, for `spec` in the study `ctx`. make_table: a function of the
+    recipe's mix that returns the teacher's logit table of those views, called only when the run is trained (a
+    stored run needs none). The views are the study's, mixed as the recipe says."""
     data, log, recipe = ctx.data, ctx.log, spec.recipe
     model = new_model(ctx.networks, recipe.model, spec.seed, data.train.x.device)
     stored = ctx.store.load_run(spec.kind, spec.key)
@@ -71,7 +71,7 @@ def train_or_load(ctx, spec, make_table=None):
             f"({m['time_s']:.0f} s)")
 
     start = time.perf_counter()
-    lesson = Lesson(data.train, ctx.views, data.val, make_table() if make_table else None)
+    lesson = Lesson(data.train, ctx.views_of(recipe.mix), data.val, make_table(recipe.mix) if make_table else None)
     history = train(model, recipe, lesson, seed=spec.seed, report=report)
     if history[-1].get("diverged"):
         raise UserError(f"{spec.name} diverged in epoch {len(history)} (its loss became NaN or infinite) with lr "

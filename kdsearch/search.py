@@ -19,15 +19,18 @@ from . import tracking
 from .baselines import run_baselines
 from .cluster import check_address, start_ray, stop_ray
 from .confirm import Workers, confirm
+from .config import MIXES
 from .context import open_study, resolve_networks
 from .data import check_source
 from .engine import pick_device
 from .errors import UserError
 from .importance import importances
 from .log import log_stderr
+from .names import ROLES
 from .searcher import make_searcher
 from .space import first_point, space_epochs
 from .state import SearchState
+from .teacher import logit_mixes
 from .trial import TrialData
 from .tune_callback import trial_callback
 from .tuner import TuneJob, build_tuner, collect_trials, fit
@@ -51,11 +54,12 @@ def run_search(study, study_file, options, log=log_stderr):
     t0 = time.time()
     name, results = options.name or study.name, Path(options.results).resolve()
     device, resources, trial_device, uri = precheck(study, study_file, results, options.address)
-    state, described = SearchState(results / name), describe(study, study_file)
+    nets = resolve_networks(study, study_file)  # once: the same files' hashes for the record, Ray and MLflow
+    state, described = SearchState(results / name), describe(study, nets)
     record = state.begin(described, options.resume, log)
     status, took = "FAILED", {}
     with timed(took, "engine_s"):  # the data (a download included) and the networks, before anything of the search
-        ctx = open_study(study, study_file, results, device, log)
+        ctx = open_study(study, study_file, results, device, log, nets)
     state.lock()
     tracker = tracking.open_tracker(uri, study.tracking.experiment or study.name, results / "mlartifacts")
     dashboard = start_ray(options.address, log, ctx.networks.files)
@@ -63,7 +67,7 @@ def run_search(study, study_file, options, log=log_stderr):
     try:
         with timed(took, "engine_s"):  # and the teacher, baselines and logits, timed once Ray and MLflow are up
             phase = run_baselines(ctx)
-            data = trial_data(ctx, phase.table(), resources, trial_device)
+            data = trial_data(ctx, phase.table, resources, trial_device)
         networks = networks_info(ctx, phase)
         tracker.start_parent(name, record["search_id"], [study_file, *ctx.networks.files],
                              parent_params(study, networks), phase.rows)
@@ -165,13 +169,14 @@ def trial_resources(resources, max_concurrent, device, file, address):
 
 def trial_data(ctx, table, resources, device):
     """The trials' TrialData: numpy NHWC arrays, which Ray shares zero-copy (engine tensors would be copied into
-    every trial process), with the threads of one trial's CPUs."""
+    every trial process), the logit table of each mixing the trials use (table(mix)), with the threads of one
+    trial's CPUs."""
     def nhwc(split):
         return split.x.permute(0, 2, 3, 1).contiguous().cpu().numpy(), split.y.cpu().numpy()
 
     (tx, ty), (vx, vy) = nhwc(ctx.data.train), nhwc(ctx.data.val)
-    return TrialData(tx, ty, vx, vy, table.cpu().numpy(), ctx.networks, ctx.views, device,
-                     max(1, int(resources["cpu"])))
+    return TrialData(tx, ty, vx, vy, {m: table(m).cpu().numpy() for m in logit_mixes(ctx.study)}, ctx.networks,
+                     {m: ctx.views_of(m) for m in MIXES}, device, max(1, int(resources["cpu"])))
 
 
 def networks_info(ctx, phase):
@@ -183,17 +188,17 @@ def networks_info(ctx, phase):
             "image_size": list(ctx.data.image_size), "classes": len(ctx.data.classes), "notebook": ctx.notebook}
 
 
-def describe(study, study_file):
-    """The study as the search's record holds it (JSON), with each network's key: for --resume, an edited network
-    file makes another study."""
-    keys = {role: n.key for role, n in resolve_networks(study, study_file).items()}
+def describe(study, nets):
+    """The study as the search's record holds it (JSON), with the key of each of its networks `nets`
+    ({role: networks.Network}): for --resume, an edited network file makes another study."""
+    keys = {role: n.key for role, n in nets.items()}
     return json.loads(json.dumps({**dataclasses.asdict(study), "networks": keys}))
 
 
 def parent_params(study, networks):
     """The MLflow parent's params: the search's size, scheduler and seed, each network's spec and size."""
     return {"num_samples": study.search.num_samples, "scheduler": study.search.scheduler, "seed": study.seed,
-            **{f"{role}_{k}": networks[role][k] for role in ("teacher", "student") for k in ("model", "params")}}
+            **{f"{role}_{k}": networks[role][k] for role in ROLES for k in ("model", "params")}}
 
 
 def _example_input(data, views):

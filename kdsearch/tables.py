@@ -82,9 +82,10 @@ def write_baselines(rows, folder, notebook=True):
 
 
 def settings(params, sep=" ", skip=("loss",)):
-    """e.g. "temperature 3.558, alpha 0.6459": floats to 4 significant digits."""
-    return ", ".join(f"{k}{sep}{v:.4g}" if isinstance(v, float) else f"{k}{sep}{v}" for k, v in params.items()
-                     if k not in skip)
+    """e.g. "temperature 3.558, alpha 0.6459, ema null": floats to 4 significant digits, None as YAML's null."""
+    def shown(v):
+        return f"{v:.4g}" if isinstance(v, float) else "null" if v is None else str(v)
+    return ", ".join(f"{k}{sep}{shown(v)}" for k, v in params.items() if k not in skip)
 
 
 def verdict_lines(report):

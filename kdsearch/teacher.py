@@ -4,7 +4,12 @@ The teacher is trained (or loaded from a checkpoint) and cached; its logits are 
 
 Because the view of image i in epoch e depends only on (study seed, e, i) (augment.py), the table
 logits[e, i] = teacher(view(seed, e, i)) is exact for every KD run of the study, whatever its batch order. The
-teacher's cost per study is therefore one training plus (max epochs) inference passes over the training split.
+teacher's cost per study is therefore one training plus (max epochs) inference passes over the training split,
+per mixing the study's KD runs use (none, mixup, cutmix: each sees other views, so each has its own table).
+
+A table is epochs x N_train x classes float32: 45,000 images x 10 classes is 1.8 MB per epoch, 720 MB at 400
+epochs, held once per trial process on a GPU. augment.period bounds it: epoch e shows epoch e % period's views,
+and the table holds `period` epochs (100: 180 MB), however long the runs.
 """
 import hashlib
 import time
@@ -44,7 +49,8 @@ def get_teacher(ctx):
         ctx.log(f"teacher: loaded {path} (val {run.val_acc:.2f}%)")
         return model, run
     fields = {k: v for k, v in key_fields(recipe).items() if k != "checkpoint"}
-    key = make_key("teacher", fields, ctx.networks.teacher.key, data.key, ctx.views.key, ctx.study.seed)
+    key = make_key("teacher", fields, ctx.networks.teacher.key, data.key, ctx.views_of(recipe.mix).key,
+                   ctx.study.seed)
     return train_or_load(ctx, RunSpec("teacher", recipe, ctx.study.seed, key, kind="teacher"))
 
 
@@ -54,16 +60,26 @@ def logit_epochs(study):
     return max(kd + [space_epochs(study.space, study.baselines.kd_reference)])
 
 
-def logit_table(ctx, teacher, teacher_key, epochs):
-    """(epochs, N_train, classes) float32 teacher logits of every augmented view, on the data's device; computed
-    once and stored."""
-    data, views = ctx.data, ctx.views
-    key = make_key("logits", teacher_key, data.key, views.key, epochs)
+def logit_mixes(study):
+    """The mixings (Recipe.mix) of the study's KD runs, baselines and trials: one logit table each."""
+    kd = [r.mix for r in (getattr(study.baselines, n) for n in BASELINES) if r.loss in NEEDS_TEACHER]
+    p = study.space.get("mix")
+    return list(dict.fromkeys(kd + (p.values if p is not None else [study.baselines.kd_reference.mix])))
+
+
+def logit_table(ctx, teacher, teacher_key, epochs, mix="none"):
+    """(rows, N_train, classes) float32 teacher logits of every augmented view (mixed by `mix`) of runs of up to
+    `epochs` epochs, on the data's device: rows = epochs, or augment.period when shorter. Computed once and
+    stored."""
+    data, views = ctx.data, ctx.views_of(mix)
+    rows = views.table_epochs(epochs)
+    key = make_key("logits", teacher_key, data.key, views.key, rows)
     table = ctx.store.load_tensor("logits", key)
     if table is None:
         start = time.perf_counter()
         table = torch.stack([predict(teacher, data.train.x, lambda idx, e=e: augmented_views(
-            data.train.x, idx, views, e)) for e in range(epochs)])
+            data.train.x, idx, views, e)) for e in range(rows)])
         ctx.store.save_tensor("logits", key, table)
-        ctx.log(f"teacher logits: {epochs} epochs x {len(data.train)} views in {time.perf_counter() - start:.0f} s")
+        ctx.log(f"teacher logits{'' if mix == 'none' else ' (' + mix + ')'}: {rows} epochs x {len(data.train)} "
+                f"views ({table.nbytes / 2 ** 20:.1f} MiB) in {time.perf_counter() - start:.0f} s")
     return table.to(data.train.x.device)

@@ -12,9 +12,9 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .augment import Views
 from .data import to_split
 from .engine import Lesson, new_model, set_threads, train
+from .losses import NEEDS_TEACHER
 from .networks import Networks
 
 CHECKPOINT = "trial.pt"  # a trial's whole training state, in its checkpoint folder
@@ -29,11 +29,16 @@ class TrialData:
     train_y: np.ndarray  # int64 (N,)
     val_x: np.ndarray
     val_y: np.ndarray
-    logits: np.ndarray  # the teacher's (epochs, N, classes) logit table
+    logits: dict  # {mix: the teacher's (epochs, N, classes) logit table of those views}, per Recipe.mix searched
     networks: Networks  # the study's teacher and student (a user's file arrives through Ray's runtime env)
-    views: Views  # the study's views (its seed included), which the logit table holds
+    views: dict  # {mix: augment.Views} for each Recipe.mix: the study's views (its seed included), mixed
     device: str = "cpu"  # where a trial trains
     threads: int = 1  # torch CPU threads per trial: its CPUs
+
+    @property
+    def seed(self):
+        """The study's seed, which fixes its views."""
+        return next(iter(self.views.values())).seed
 
 
 @dataclass
@@ -80,7 +85,7 @@ def load_state(folder, device="cpu"):
 def kd_trial(recipe, data, seed, report=None, resume=None):
     """Train a model by `recipe` (a config.Recipe) on `data` (TrialData); return (history, model).
 
-    seed: initialisation and batch order (the views stay data.views). report(metrics, state) is called
+    seed: initialisation and batch order (the views stay the study's). report(metrics, state) is called
     after every epoch; metrics are the engine's plus `epochs` (what the recipe asked for: see `trial_state`),
     `train_start` and `wall` (time.time(), for the search's timings); state() is the run's whole state
     (engine.train), and `resume` such a state to go on from.
@@ -90,7 +95,8 @@ def kd_trial(recipe, data, seed, report=None, resume=None):
     with warnings.catch_warnings():  # object-store arrays are read-only; nothing here writes to them
         warnings.simplefilter("ignore", UserWarning)
         train_split, val_split = to_split(data.train_x, data.train_y, device), to_split(data.val_x, data.val_y, device)
-        table = torch.from_numpy(data.logits).to(device)
+        # this run's table alone, when it reads one (a CE baseline of the confirmation does not)
+        table = torch.from_numpy(data.logits[recipe.mix]).to(device) if recipe.loss in NEEDS_TEACHER else None
     model = new_model(data.networks, recipe.model, seed, device)
     start = time.time()
 
@@ -98,6 +104,6 @@ def kd_trial(recipe, data, seed, report=None, resume=None):
         if report is not None:
             report({**m, "epochs": recipe.epochs, "train_start": start, "wall": time.time()}, state)
 
-    history = train(model, recipe, Lesson(train_split, data.views, val_split, table), seed=seed,
+    history = train(model, recipe, Lesson(train_split, data.views[recipe.mix], val_split, table), seed=seed,
                     report=on_epoch, resume=resume)
     return history, model

@@ -47,7 +47,7 @@ def tune_trial(config, data, base):
             save_state(state(), d)
             tune.report({**metrics, "resumed_from": resumed_from}, checkpoint=tune.Checkpoint.from_directory(d))
     recipe = Recipe(**{**base, **{k: v for k, v in config.items() if k != NUMBER}})
-    kd_trial(recipe, data, data.views.seed, report=report, resume=resume)
+    kd_trial(recipe, data, data.seed, report=report, resume=resume)
 
 
 def keep_scheduler(scheduler):

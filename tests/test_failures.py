@@ -33,8 +33,8 @@ def searched(tiny_archive, tmp_path_factory):
     tracker = open_tracker(f"sqlite:///{tmp / 'mlflow.db'}", "failures", tmp / "artifacts")
     tracker.start_parent("failures", "id0", __file__, {}, [])
     resources = {"cpu": 1, "gpu": 0}
-    job = TuneJob(trial_data(ctx, table, resources, "cpu"), dataclasses.asdict(Recipe(batch_size=64)), resources,
-                  tmp, 2)
+    job = TuneJob(trial_data(ctx, lambda mix: table, resources, "cpu"), dataclasses.asdict(Recipe(batch_size=64)),
+                  resources, tmp, 2)
     url = start_ray(None, logs.append)
     try:
         import ray
@@ -43,7 +43,7 @@ def searched(tiny_archive, tmp_path_factory):
                      ray.nodes()[0]["NodeManagerAddress"])
         # the trials' data is one object whose arrays Ray shares zero-copy: read-only views of the object store
         shared = ray.get(ray.put(job.data))
-        zero_copy = [not getattr(shared, k).flags.writeable for k in ("train_x", "val_x", "logits")]
+        zero_copy = [not a.flags.writeable for a in (shared.train_x, shared.val_x, *shared.logits.values())]
         tuner = build_tuner(job, make_searcher(space, search.seed), search,
                             [trial_callback(tracker, list(space), logs.append)])
         trials = [t.to_json() for t in collect_trials(tuner.fit(), list(space))]
@@ -86,8 +86,9 @@ def test_a_trial_that_raises_is_retried_then_failed_with_its_first_line(searched
     trials, tracker = searched[:2]
     failed = [t for t in trials if t["params"]["epochs"] == 2]
     assert failed and all(t["state"] == "failed" for t in failed)
-    lines = {f"ValueError: the {t['params']['loss']} loss needs teacher logits for every epoch" for t in failed}
-    assert all(t["error"] == f"ValueError: the {t['params']['loss']} loss needs teacher logits for every epoch"
+    error = "ValueError: the {} loss needs teacher logits for every epoch's views"
+    lines = {error.format(t['params']['loss']) for t in failed}
+    assert all(t["error"] == error.format(t['params']['loss'])
                for t in failed), [t["error"] for t in failed]
     runs = tracker.client.search_runs([tracker.experiment_id], "tags.`kdsearch.state` = 'failed'")
     assert len(runs) == len(failed) and all(r.data.tags["kdsearch.error"] in lines for r in runs)

@@ -13,7 +13,7 @@ import torch
 
 from conftest import stored
 from kdsearch.config import load_study
-from kdsearch.context import open_study
+from kdsearch.context import open_study, resolve_networks
 from kdsearch.data import load_arrays
 from kdsearch.errors import UserError
 from kdsearch.models import build_model, count_params
@@ -278,16 +278,22 @@ def test_normalisation_is_the_training_splits_own_unless_the_study_gives_it(gray
     assert (ctx.views.mean, ctx.views.std, ctx.views.padding) == ((0.5,) * 3, (0.25,) * 3, 2)
 
 
-def test_resume_refuses_once_a_network_file_was_edited(tmp_path):
+def described(study_file):
+    """The study as a search's record holds it, its networks resolved as a search resolves them."""
     from kdsearch.search import describe
+    study = load_study(study_file)
+    return describe(study, resolve_networks(study, study_file))
+
+
+def test_resume_refuses_once_a_network_file_was_edited(tmp_path):
     from kdsearch.state import SearchState
     study_file = own_study(tmp_path / "s", teacher="teacher")
     state = SearchState(tmp_path / "r" / "own")
     state.folder.mkdir(parents=True)
-    state.write(status="interrupted", stage="the search", study=describe(load_study(study_file), study_file),
+    state.write(status="interrupted", stage="the search", study=described(study_file),
                 command="search own.yaml")
-    assert state.begin(describe(load_study(study_file), study_file), True, print)["status"] == "interrupted"
+    assert state.begin(described(study_file), True, print)["status"] == "interrupted"
     with open(study_file.parent / "tiny_net.py", "a") as f:
         f.write("# edited\n")
     with pytest.raises(UserError, match="the study differs from the interrupted search's at networks.student; fix"):
-        state.begin(describe(load_study(study_file), study_file), True, print)
+        state.begin(described(study_file), True, print)

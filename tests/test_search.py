@@ -10,6 +10,7 @@ import pytest
 
 from conftest import TINY_STUDY, stored
 
+MIX = "  mix: {type: choice, values: [none, cutmix]}\n"  # a searched mixing: two logit tables in the trials' data
 SEARCH = """\
 search:
   num_samples: 3
@@ -31,7 +32,7 @@ def kdsearch(*args, cwd):
 def searched(tiny_archive, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("search")
     study = tmp / "tiny.yaml"
-    study.write_text(TINY_STUDY + SEARCH)
+    study.write_text(TINY_STUDY + MIX + SEARCH)
     first = kdsearch("search", study, "--data", tiny_archive, "--results", tmp / "results", cwd=tmp)
     assert first.returncode == 0, first.stderr[-3000:]
     cache = stored(tmp / "results" / "cache")
@@ -61,7 +62,11 @@ def test_report_has_every_row_and_the_notebook_point_came_first(searched):
     for r in report["rows"]:
         assert set(r) >= {"model", "params", "val_acc", "test_acc", "config"}
         assert 0 <= r["val_acc"] <= 100 and 0 <= r["test_acc"] <= 100
-    assert report["num_trials"] == 3 and set(report["best_config"]) == {"temperature", "alpha", "lr", "epochs"}
+    assert report["num_trials"] == 3
+    assert set(report["best_config"]) == {"temperature", "alpha", "lr", "epochs", "mix"}
+    # both mixings were tried, each from its own logit table, made once for the search
+    assert {t["params"]["mix"] for t in report["trials"]} == {"none", "cutmix"}
+    assert len(list((results / "cache" / "logits").glob("*.pt"))) == 2
     assert set(report["mlflow"]) >= {"tracking_uri", "experiment", "parent_run_id"}
     with open(results / "tiny" / "trials.csv") as f:
         trials = list(csv.DictReader(f))
@@ -96,7 +101,7 @@ def test_mlflow_has_one_parent_and_a_child_per_trial_with_per_epoch_metrics(sear
     assert len(children) == 3
     for child in children:
         assert child.info.status == "FINISHED" and child.data.tags["kdsearch.state"] == "completed"
-        assert set(child.data.params) == {"temperature", "alpha", "lr", "epochs"}
+        assert set(child.data.params) == {"temperature", "alpha", "lr", "epochs", "mix"}
         epochs = int(child.data.params["epochs"])
         for metric in ("val_acc", "train_loss", "loss_hard", "loss_soft"):
             assert [m.step for m in client.get_metric_history(child.info.run_id, metric)] == list(range(1, epochs + 1))
