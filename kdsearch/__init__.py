@@ -1,2 +1,2 @@
 """kdsearch: find the best knowledge-distillation settings for a small student network."""
-__version__ = "0.3.0"  # the one source: pyproject.toml reads it
+__version__ = "0.4.0"  # the one source: pyproject.toml reads it

@@ -118,6 +118,12 @@ def cmd_report(args):
     print_summary(report, render(report, folder))
 
 
+def cmd_export(args):
+    from .export import export
+    out = export(args.folder, args.format, args.out)
+    print(f"wrote {out} and {out}.json")
+
+
 def cmd_bench(args):
     if args.batches < 1:
         raise UserError(f"--batches must be >= 1 (got {args.batches}); fix: give a positive number")
@@ -167,6 +173,12 @@ def build_parser():
     r = sub.add_parser("report", help="re-render a search's report from what is stored, training nothing")
     r.add_argument("folder", help="<results>/<name> of a finished search")
     r.set_defaults(fn=cmd_report)
+    e = sub.add_parser("export", help="write a search's best student as a file that loads without kdsearch")
+    e.add_argument("folder", help="<results>/<name> of a finished search")
+    e.add_argument("--format", default="pt2", choices=("pt2", "onnx", "state_dict"),
+                   help="pt2: torch.export (default); onnx (needs onnx, onnxscript); state_dict: the weights")
+    e.add_argument("--out", help="the file to write (default: <folder>/student.pt2, .onnx or .pt)")
+    e.set_defaults(fn=cmd_export)
     b = sub.add_parser("bench", help="the notebook's KD loop against kdsearch's KD and CE steps")
     b.add_argument("--data", default="data", help="dataset, as for the study commands (default: data)")
     b.add_argument("--batches", type=int, default=20, help="batches of 256 per measurement (default: 20)")

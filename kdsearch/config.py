@@ -179,6 +179,10 @@ class Resources:
 class Tracking:
     uri: Optional[str] = Field(None, description="MLflow tracking URI; default sqlite:///<results>/mlflow.db")
     experiment: Optional[str] = Field(None, description="MLflow experiment; default: the study name")
+    register: bool = Field(True, description="register kd_best's student in MLflow's Model Registry, a new "
+                           "version per search, aliased champion when it is at least as good as the current one")
+    model_name: Optional[str] = Field(None, min_length=1, description="its registered model; default: "
+                                      "<study name>-student")
 
 
 @dataclass(config=CONFIG)

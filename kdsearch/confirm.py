@@ -18,6 +18,7 @@ from .engine import evaluate, new_model
 from .errors import first_line
 from .models import count_params
 from .names import CONFIRMED
+from .progress import progress
 from .runs import RunSpec, save_run
 from .trial import TrialData, kd_trial, load_state
 
@@ -155,19 +156,23 @@ def _run(jobs, workers, log):
     task = ray.remote(_task).options(num_cpus=workers.resources["cpu"], num_gpus=workers.resources["gpu"],
                                      max_retries=0)
     queue, pending, start = list(jobs), {}, time.time()
-    while queue or pending:
-        while queue and len(pending) < workers.max_concurrent:
-            job = queue.pop(0)
-            pending[task.remote(job[1].recipe, job[1].seed, data)] = job
-        ready, _ = ray.wait(list(pending), num_returns=1)
-        job = pending.pop(ready[0])
-        spec = job[1]
-        try:
-            history, state = ray.get(ready[0])
-        except Exception as e:  # a task's error: say which run, go on with the others
-            log(f"confirm: {spec.name} seed {spec.seed} failed ({first_line(str(e))}); it leaves the confirmation")
-            yield job, None
-            continue
-        log(f"confirm: {spec.name} seed {spec.seed}: val {history[-1]['val_acc']:.2f}% "
-            f"({len(pending) + len(queue)} runs left, {time.time() - start:.0f} s)")
-        yield job, (history, state)
+    with progress(len(jobs), "confirmation", log, unit="runs") as bar:
+        while queue or pending:
+            while queue and len(pending) < workers.max_concurrent:
+                job = queue.pop(0)
+                pending[task.remote(job[1].recipe, job[1].seed, data)] = job
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            job = pending.pop(ready[0])
+            spec = job[1]
+            try:
+                history, state = ray.get(ready[0])
+            except Exception as e:  # a task's error: say which run, go on with the others
+                bar.note(f"confirm: {spec.name} seed {spec.seed} failed ({first_line(str(e))}); it leaves the "
+                         f"confirmation")
+                bar.step("")
+                yield job, None
+                continue
+            status = f"{spec.name} seed {spec.seed}: val {history[-1]['val_acc']:.2f}%"
+            bar.step(f"confirm: {status} ({len(pending) + len(queue)} runs left, {time.time() - start:.0f} s)",
+                     status)
+            yield job, (history, state)

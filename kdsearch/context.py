@@ -35,12 +35,14 @@ class StudyContext:
         """The notebook's networks on CIFAR-10 at 32x32 with its crop and flip: the tables then show the
         notebook's own results beside kdsearch's."""
         return (self.networks.notebook and self.data.classes == CIFAR10_CLASSES and self.data.image_size == (32, 32)
-                and (self.views.padding, self.views.flip) == (PAD, True))
+                and (self.views.padding, self.views.flip, self.views.period) == (PAD, True, None))
 
-    def views_of(self, mix):
+    def views_of(self, mix, repeat=True):
         """The training views of a recipe whose mix is `mix` (none, mixup, cutmix): the study's, mixed by its
-        augment.mixup or augment.cutmix."""
-        return mix_views(self.views, self.study.augment, mix)
+        augment.mixup or augment.cutmix; repeat=False: never repeating (the teacher's: augment.period bounds the
+        students' logit tables, and the teacher reads none)."""
+        views = mix_views(self.views, self.study.augment, mix)
+        return views if repeat else dataclasses.replace(views, period=None)
 
 
 def mix_views(views, augment, mix):

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError, first_line
+from .progress import progress
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".gif", ".webp", ".tif", ".tiff"}
 SPLITS = ("train", "test")
@@ -101,22 +102,29 @@ def decode(path, size=None):
         raise UserError(f"{path}: class folder(s) {', '.join(only)} are in only one of train/ and test/; fix: give "
                         f"both splits the same class folders")
     classes = splits["train"]
-    out, shape = [], None
-    for split in SPLITS:
-        xs, ys = [], []
-        for label, cls in enumerate(classes):
-            for name, blob in files[(split, cls)]:
-                img = _decode_image(path, name, blob, size)
-                if shape is None:
-                    shape = img.shape
-                elif img.shape != shape:
-                    raise UserError(f"{path}: image {name} is {img.shape[1]}x{img.shape[0]} but the others are "
-                                    f"{shape[1]}x{shape[0]}; fix: set data.image_size in the study file to resize "
-                                    f"them all on decode (e.g. image_size: {shape[0]})")
-                xs.append(img)
-                ys.append(label)
-        out += [np.stack(xs), np.asarray(ys, np.int64)]
+    out = []
+    with progress(sum(len(v) for v in files.values()), "decoding images", unit="images") as bar:
+        for split in SPLITS:  # the test images must have the training images' size
+            out += _decode_split(path, files, split, classes, size, bar, out[0].shape[1:] if out else None)
     return (*out, classes)
+
+
+def _decode_split(path, files, split, classes, size, bar, shape):
+    """(images, labels) of one split; `shape`: the size every image must have (None: the first one's)."""
+    xs, ys = [], []
+    for label, cls in enumerate(classes):
+        for name, blob in files[(split, cls)]:
+            img = _decode_image(path, name, blob, size)
+            if shape is None:
+                shape = img.shape
+            elif img.shape != shape:
+                raise UserError(f"{path}: image {name} is {img.shape[1]}x{img.shape[0]} but the others are "
+                                f"{shape[1]}x{shape[0]}; fix: set data.image_size in the study file to resize "
+                                f"them all on decode (e.g. image_size: {shape[0]})")
+            xs.append(img)
+            ys.append(label)
+            bar.step("")
+    return [np.stack(xs), np.asarray(ys, np.int64)]
 
 
 def _decode_image(path, name, blob, size):

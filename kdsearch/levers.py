@@ -3,6 +3,7 @@ moving average of the weights. Imports torch only.
 
 The schedule is stepped once per epoch (a function of the epoch, so a resumed run gets the same rates), and the
 average is updated after every optimiser step. Both are part of a run's state, which a checkpoint holds."""
+import copy
 import math
 
 import torch
@@ -53,22 +54,42 @@ def make_schedule(opt, recipe):
 
 
 def make_ema(model, decay):
-    """An average of `model`'s weights and buffers (BatchNorm's statistics too), updated by update_parameters
-    after every step: avg <- avg + (1 - d) (w - avg), with d = min(decay, (1 + n) / (10 + n)) at its n-th update,
-    TensorFlow's ExponentialMovingAverage with num_updates, so that a short run is not dominated by its
-    initial weights. None without a decay."""
-    if decay is None:
-        return None
+    """An EMA of `model` (below), or None without a decay."""
+    return None if decay is None else EMA(model, decay)
 
-    def average(avgs, currents, _):
-        # the count from the CPU copy (a device copy is passed in: reading it would sync the GPU every step), and
-        # one foreach update per group of tensors (AveragedModel groups them by device and dtype)
-        n = float(ema.n_averaged)
-        d = min(decay, (1 + n) / (10 + n))
-        if avgs[0].is_floating_point():
-            torch._foreach_lerp_(avgs, currents, 1 - d)  # avg + (1 - d) (w - avg), as torch's own EMA does
-        else:  # BatchNorm's batch counts
-            for a, c in zip(avgs, currents):
-                a.copy_(a + (c - a) * (1 - d))
-    ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=average, use_buffers=True)
-    return ema
+
+class EMA:
+    """An average of a model's weights and buffers (BatchNorm's statistics too), updated by update_parameters
+    after every step: avg <- avg + (1 - d) (w - avg), with d = min(decay, (1 + n) / (10 + n)) at its update after
+    n others (the first copies), TensorFlow's ExponentialMovingAverage with num_updates, so that a short run is
+    not dominated by its initial weights. `module` is the averaged network.
+
+    Its own, not torch's AveragedModel: that one copies its update count to the device at every step, a sync per
+    step on a GPU; here the count is a Python int and each step is one foreach update of the floats."""
+
+    def __init__(self, model, decay):
+        self.module, self.decay, self.n = copy.deepcopy(model), decay, 0
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update_parameters(self, model):
+        pairs = list(zip([*self.module.parameters(), *self.module.buffers()], [*model.parameters(), *model.buffers()]))
+        if self.n == 0:
+            for a, c in pairs:
+                a.copy_(c)
+        else:
+            d = min(self.decay, (1 + self.n) / (10 + self.n))
+            floats = [(a, c) for a, c in pairs if a.is_floating_point()]
+            torch._foreach_lerp_([a for a, _ in floats], [c for _, c in floats], 1 - d)  # as torch's own EMA
+            for a, c in pairs:
+                if not a.is_floating_point():  # BatchNorm's batch counts
+                    a.copy_(a + (c - a) * (1 - d))
+        self.n += 1
+
+    def state_dict(self):
+        return {"module": self.module.state_dict(), "n": self.n}
+
+    def load_state_dict(self, state):
+        self.module.load_state_dict(state["module"])
+        self.n = int(state["n"])

@@ -8,6 +8,7 @@ from typing import Optional
 from .engine import Lesson, evaluate, new_model, train
 from .errors import UserError
 from .models import count_params
+from .progress import progress
 
 
 @dataclass
@@ -66,13 +67,14 @@ def train_or_load(ctx, spec, make_table=None):
     log(f"{spec.name}: training {recipe.model} with {recipe.loss} for {recipe.epochs} epochs on {len(data.train)} "
         f"images")
 
-    def report(m, state):
-        log(f"{spec.name}: epoch {m['epoch']}/{recipe.epochs} loss {m['train_loss']:.4f} val {m['val_acc']:.2f}% "
-            f"({m['time_s']:.0f} s)")
-
     start = time.perf_counter()
-    lesson = Lesson(data.train, ctx.views_of(recipe.mix), data.val, make_table(recipe.mix) if make_table else None)
-    history = train(model, recipe, lesson, seed=spec.seed, report=report)
+    views = ctx.views_of(recipe.mix, repeat=spec.kind != "teacher")
+    lesson = Lesson(data.train, views, data.val, make_table(recipe.mix) if make_table else None)
+    with progress(recipe.epochs, spec.name, log) as bar:
+        def report(m, state):
+            status = f"loss {m['train_loss']:.4f} val {m['val_acc']:.2f}%"
+            bar.step(f"{spec.name}: epoch {m['epoch']}/{recipe.epochs} {status} ({m['time_s']:.0f} s)", status)
+        history = train(model, recipe, lesson, seed=spec.seed, report=report)
     if history[-1].get("diverged"):
         raise UserError(f"{spec.name} diverged in epoch {len(history)} (its loss became NaN or infinite) with lr "
                         f"{recipe.lr}; fix: lower {spec.name}'s lr in the study file")

@@ -24,6 +24,7 @@ from .context import open_study, resolve_networks
 from .data import check_source
 from .engine import pick_device
 from .errors import UserError
+from .export import save_student
 from .importance import importances
 from .log import log_stderr
 from .names import ROLES
@@ -89,7 +90,11 @@ def run_search(study, study_file, options, log=log_stderr):
         meta = reports.ReportMeta(study.name, name, study.space, importances([t.to_json() for t in trials],
                                   study.space, log), tracker.info(), dashboard, networks)
         report = reports.build(meta, phase.rows, confirmation, trials)
-        tracker.log_best(report, confirmation.student, _example_input(ctx.data, ctx.views))
+        tracker.log_best(report, confirmation.student, _example_input(ctx.data, ctx.views), registered_name(study),
+                         log)
+        report["mlflow"] = tracker.info()  # with the registered version
+        save_student(results / name, confirmation.student, ctx.networks.student, ctx.data.image_size,
+                     ctx.data.classes, ctx.views)  # for kdsearch export
         figures = reports.render_figures(report, results / name)
         report["timings"] = reports.timings(time.time() - t0, report["trials"], **took)
         written = reports.write(report, results / name, figures)
@@ -193,6 +198,11 @@ def describe(study, nets):
     ({role: networks.Network}): for --resume, an edited network file makes another study."""
     keys = {role: n.key for role, n in nets.items()}
     return json.loads(json.dumps({**dataclasses.asdict(study), "networks": keys}))
+
+
+def registered_name(study):
+    """The registered model kd_best's student becomes a version of, or None (tracking.register: false)."""
+    return (study.tracking.model_name or f"{study.name}-student") if study.tracking.register else None
 
 
 def parent_params(study, networks):

@@ -88,6 +88,33 @@ def settings(params, sep=" ", skip=("loss",)):
     return ", ".join(f"{k}{sep}{shown(v)}" for k, v in params.items() if k not in skip)
 
 
+SHORT = {"temperature": "T", "alpha": "α", "beta": "β", "gamma": "γ", "weight_decay": "wd", "label_smoothing": "ls",
+         "warmup_epochs": "warm-up", "grad_clip": "clip", "batch_size": "batch", "momentum": "mom"}
+QUIET = {"ema": None, "mix": "none", "label_smoothing": 0.0, "warmup_epochs": 0, "grad_clip": None,
+         "nesterov": False, "schedule": "none"}  # the levers' neutral values (config.NEUTRAL): not in a run's name
+CORE = ("temperature", "alpha", "beta", "gamma", "lr")  # a trial's distillation settings, named first
+
+
+def _num(v):
+    """3 significant digits; below 0.01 as 1.4e-3."""
+    if isinstance(v, float) and 0 < abs(v) < 0.01:
+        mantissa, exp = f"{v:.1e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exp)}"
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def recipe_label(params):
+    """A trial's searched values in a few characters, for its MLflow run name: "kd_ls T 3.56 α 0.646 lr 1.4e-3
+    10 ep", then the training levers that are set, "· cosine ema 0.999 mixup"."""
+    def one(k, v):
+        return k if v is True else str(v) if isinstance(v, str) else f"{SHORT.get(k, k)} {_num(v)}"
+    core = ([str(params["loss"])] if "loss" in params else []) + [one(k, params[k]) for k in CORE if k in params]
+    core += [f"{params['epochs']} ep"] if "epochs" in params else []
+    levers = [one(k, v) for k, v in params.items() if k not in (*CORE, "loss", "epochs")
+              and not (k in QUIET and v == QUIET[k])]
+    return " · ".join(p for p in (" ".join(core), " ".join(levers)) if p)
+
+
 def verdict_lines(report):
     """The verdicts that lead the report: kd_best against each baseline, or why there are none."""
     if "confirmation" not in report:

@@ -23,6 +23,7 @@ from .engine import evaluate, predict
 from .losses import NEEDS_TEACHER
 from .models import count_params
 from .netcheck import load_teacher_checkpoint
+from .progress import progress
 from .names import BASELINES
 from .runs import Run, RunSpec, train_or_load
 from .space import space_epochs
@@ -38,7 +39,7 @@ def get_teacher(ctx):
         path = Path(recipe.checkpoint).expanduser()
         model = load_teacher_checkpoint(path, ctx.networks, data.train.x.device)
         digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-        key = make_key("checkpoint", digest, ctx.networks.teacher.key, data.key, ctx.views.key)
+        key = make_key("checkpoint", digest, ctx.networks.teacher.key, data.key, ctx.views_of("none", repeat=False).key)
         stored = store.load_run("teacher", key)
         if stored is not None:
             return model, Run.from_json(stored[1], cached=True)
@@ -49,7 +50,7 @@ def get_teacher(ctx):
         ctx.log(f"teacher: loaded {path} (val {run.val_acc:.2f}%)")
         return model, run
     fields = {k: v for k, v in key_fields(recipe).items() if k != "checkpoint"}
-    key = make_key("teacher", fields, ctx.networks.teacher.key, data.key, ctx.views_of(recipe.mix).key,
+    key = make_key("teacher", fields, ctx.networks.teacher.key, data.key, ctx.views_of(recipe.mix, repeat=False).key,
                    ctx.study.seed)
     return train_or_load(ctx, RunSpec("teacher", recipe, ctx.study.seed, key, kind="teacher"))
 
@@ -76,10 +77,14 @@ def logit_table(ctx, teacher, teacher_key, epochs, mix="none"):
     key = make_key("logits", teacher_key, data.key, views.key, rows)
     table = ctx.store.load_tensor("logits", key)
     if table is None:
-        start = time.perf_counter()
-        table = torch.stack([predict(teacher, data.train.x, lambda idx, e=e: augmented_views(
-            data.train.x, idx, views, e)) for e in range(rows)])
+        start, name = time.perf_counter(), "teacher logits" + ("" if mix == "none" else f" ({mix})")
+        with progress(rows, name, ctx.log) as bar:
+            epochs = []
+            for e in range(rows):
+                epochs.append(predict(teacher, data.train.x, lambda idx: augmented_views(data.train.x, idx, views, e)))
+                bar.step("")  # a bar on a terminal; elsewhere the one line below
+        table = torch.stack(epochs)
         ctx.store.save_tensor("logits", key, table)
-        ctx.log(f"teacher logits{'' if mix == 'none' else ' (' + mix + ')'}: {rows} epochs x {len(data.train)} "
-                f"views ({table.nbytes / 2 ** 20:.1f} MiB) in {time.perf_counter() - start:.0f} s")
+        ctx.log(f"{name}: {rows} epochs x {len(data.train)} views ({table.nbytes / 2 ** 20:.1f} MiB) in "
+                f"{time.perf_counter() - start:.0f} s")
     return table.to(data.train.x.device)

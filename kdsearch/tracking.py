@@ -15,12 +15,15 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # send nothing off th
 
 import mlflow  # noqa: E402
 from mlflow.entities import Metric  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from .engine import curve_names  # noqa: E402
 from .errors import UserError, first_line  # noqa: E402
 
 
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # a model-training experiment, to the UI
+CHAMPION = "champion"  # the registered student with the best mean validation accuracy so far
 ACCURACIES = ("val_acc", "test_acc")  # a model's accuracies on the parent run, as <model>_<accuracy>[_mean|_sd]
 
 
@@ -62,9 +65,14 @@ def open_tracker(uri, experiment, artifact_root):
                         f"tracking.uri, or restore or rename tracking.experiment") from None
 
 
-def ui_command(uri):
-    return f"mlflow ui --backend-store-uri {uri}" if "://" not in uri or uri.startswith(("sqlite:", "file:")) \
-        else f"open {uri} in a browser"
+def ui_command(uri, experiment_id):
+    """How to look at the runs: start the UI on a local store (or use the server) and open the experiment's runs
+    table. The link names the workflow: MLflow 3.17's UI, whose sidebar switch is on by default, opens its GenAI
+    overview otherwise, whatever the experiment's kind tag says (seen in a headless Chromium)."""
+    local = not uri.startswith(("http://", "https://"))  # a file or database store: `mlflow ui` serves it
+    base = "http://127.0.0.1:5000" if local else uri.rstrip("/")
+    url = f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    return f"mlflow ui --backend-store-uri {uri}, then open {url}" if local else f"open {url}"
 
 
 class Tracker:
@@ -78,18 +86,23 @@ class Tracker:
         if exp is None:
             # an absolute artifact location: otherwise sqlite stores put artifacts under the caller's cwd
             root = Path(artifact_root).resolve() / experiment
-            exp_id = self.client.create_experiment(experiment, artifact_location=root.as_uri())
+            exp_id = self.client.create_experiment(experiment, artifact_location=root.as_uri(), tags=EXPERIMENT_KIND)
         else:
             exp_id = exp.experiment_id
+            if not EXPERIMENT_KIND.items() <= exp.tags.items():  # made by an older kdsearch, or by hand
+                for k, v in EXPERIMENT_KIND.items():
+                    self.client.set_experiment_tag(exp_id, k, v)
         self.experiment, self.experiment_id = experiment, exp_id
         self.parent = None
         self.children = {}  # trial id -> run id
         self.logged = {}  # trial id -> the last epoch logged
         self.confirm_runs = {}  # (model, seed) -> run id
+        self.registered = None  # the registered student: {"model", "version", "aliases"}
 
     def info(self):
         return {"tracking_uri": self.uri, "experiment": self.experiment, "parent_run_id": self.parent,
-                "ui_command": ui_command(self.uri)}
+                "ui_command": ui_command(self.uri, self.experiment_id),
+                **({"registered": self.registered} if self.registered else {})}
 
     def start_parent(self, run_name, search_id, files, params, baseline_rows):
         """The search's parent run, or the one an interrupted search of the same `search_id` started (set
@@ -186,7 +199,7 @@ class Tracker:
         metrics and test accuracy. Logged once: a resumed search does not log it again."""
         if (model, seed) in self.confirm_runs:
             return
-        run = self.client.create_run(self.experiment_id, run_name=f"confirm_{model}_seed{seed}",
+        run = self.client.create_run(self.experiment_id, run_name=f"confirm · {model} · seed {seed}",
                                      tags={"mlflow.parentRunId": self.parent, "kdsearch.stage": "confirm",
                                            "kdsearch.model": model, "kdsearch.cached": str(cached).lower()})
         self.confirm_runs[(model, seed)] = run.info.run_id
@@ -196,26 +209,57 @@ class Tracker:
         self.client.log_batch(run.info.run_id, params=params, metrics=metrics + [Metric("test_acc", test_acc, 0, 0)])
         self.client.set_terminated(run.info.run_id, "FINISHED")
 
-    def log_best(self, report, model, input_example):
+    def log_best(self, report, model, input_example, registered=None, log=print):
         """The report's summary (parent_metrics: means over seeds at step 1, after the study seed's values at
-        step 0), the best settings and the kd_best model."""
+        step 0), the best settings and the kd_best model, registered as a version of the model `registered` when
+        given (register). A registry that refuses is one line in `log`: the search and its report stand."""
         now = int(time.time() * 1000)
         self.client.log_batch(self.parent, metrics=[Metric(k, v, now, 1) for k, v in parent_metrics(report).items()],
                               params=[mlflow.entities.Param(f"best_{k}", str(v))
                                       for k, v in report["best_config"].items()])
-        if model is not None:
-            import copy
-            import warnings
-            import torch
-            from .networks import LogitsOnly
-            # the logits alone (a user's network may return a tuple); the example input is a CPU array
-            model = LogitsOnly(copy.deepcopy(model).float().cpu().eval()).eval()
-            mlflow.set_tracking_uri(self.uri)
-            with mlflow.start_run(run_id=self.parent), warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)  # torch.export's notes on a CPU-only model
-                # an explicit requirement list skips MLflow's 4-5 s dependency inference
-                mlflow.pytorch.log_model(model, name="kd_best", input_example=input_example,
-                                         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+        if model is None:
+            return
+        import copy
+        import warnings
+        import torch
+        from .networks import LogitsOnly
+        # the logits alone (a user's network may return a tuple); the example input is a CPU array
+        model = LogitsOnly(copy.deepcopy(model).float().cpu().eval()).eval()
+        mlflow.set_tracking_uri(self.uri)
+        with mlflow.start_run(run_id=self.parent), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # torch.export's notes on a CPU-only model
+            # an explicit requirement list skips MLflow's 4-5 s dependency inference
+            info = mlflow.pytorch.log_model(model, name="kd_best", input_example=input_example,
+                                            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+        if registered:
+            try:
+                self.register(registered, info.model_uri, report)
+            except Exception as e:  # a store without a registry, no permission: the search's work stands
+                log(f"mlflow: kd_best was logged but not registered as {registered!r} ({first_line(e, 200)})")
+
+    def register(self, name, model_uri, report):
+        """A version of the registered model `name` for this search's kd_best (`model_uri`), once per search (a
+        resumed one finds its version by tag): described by the report's verdicts, and aliased `champion` when
+        its mean validation accuracy is at least the current champion's (the tag kdsearch.val_acc). The newest
+        version is MLflow's own models:/NAME/latest ("latest" is a reserved alias)."""
+        from .tables import verdict_lines
+        mine = self.client.search_model_versions(f"name = '{name}' and tags.`kdsearch.parent_run_id` = "
+                                                 f"'{self.parent}'")
+        version = mine[0].version if mine else mlflow.register_model(model_uri, name).version
+        best = report["rows"][-1]
+        lines = [f"kd_best of search {report['name']!r} (study {report['study']}): {best['val_acc']:.2f}% "
+                 f"validation, {best['test_acc']:.2f}% test accuracy", *verdict_lines(report)]
+        self.client.update_model_version(name, version, description="\n".join(lines))
+        for k, v in {"kdsearch.parent_run_id": self.parent, "kdsearch.val_acc": f"{best['val_acc']:.6g}"}.items():
+            self.client.set_model_version_tag(name, version, k, v)
+        try:
+            champion = self.client.get_model_version_by_alias(name, CHAMPION)
+            better = best["val_acc"] >= float(champion.tags.get("kdsearch.val_acc", "-inf"))
+        except MlflowException:  # no champion yet
+            better = True
+        if better:
+            self.client.set_registered_model_alias(name, CHAMPION, version)
+        self.registered = {"model": name, "version": int(version), "aliases": [CHAMPION] if better else []}
 
     def log_report(self, paths):
         for f in paths:

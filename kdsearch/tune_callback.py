@@ -3,6 +3,8 @@ prints its epochs."""
 from pathlib import Path
 
 from .errors import first_line
+from .searcher import NUMBER
+from .tables import recipe_label
 from .trial import trial_state
 
 
@@ -17,8 +19,9 @@ def trial_callback(tracker, space_names, log):
 
     class TrackTrials(tune.Callback):
         def on_trial_start(self, iteration, trials, trial, **info):
-            tracker.start_trial(trial.trial_id, f"trial_{trial.trial_id}",
-                                {k: v for k, v in trial.config.items() if k in space_names})
+            params = {k: v for k, v in trial.config.items() if k in space_names}
+            number = trial.config.get(NUMBER, trial.trial_id)  # Optuna's number, as the report's trials
+            tracker.start_trial(trial.trial_id, f"trial {number} · {recipe_label(params)}", params)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             tracker.log_epoch(trial.trial_id, result["epoch"], result)

@@ -58,6 +58,8 @@ resources:
   cpu: 2
 confirm:
   seeds: 3          # --confirm-seeds 1 overrides it: unconfirmed, kd_best is the best completed trial
+tracking:
+  register: false   # kd_best is logged with its parent run, not registered
 """
 
 
@@ -85,7 +87,9 @@ def test_asha_search_records_stopped_trials_as_pruned_everywhere(tiny_archive, t
     from mlflow.tracking import MlflowClient
     fams = {f["loss"]: f for f in report["families"]}
     assert set(fams) == {"kd", "dist"}
-    metrics = MlflowClient(report["mlflow"]["tracking_uri"]).get_run(report["mlflow"]["parent_run_id"]).data.metrics
+    client = MlflowClient(report["mlflow"]["tracking_uri"])
+    metrics = client.get_run(report["mlflow"]["parent_run_id"]).data.metrics
+    assert client.search_registered_models() == [] and "registered" not in report["mlflow"]
     for loss, f in fams.items():
         done = [t for t in completed if t["params"]["loss"] == loss]
         assert f["completed"] == len(done) and f["trials"] == sum(t["params"]["loss"] == loss for t in report["trials"])

@@ -213,3 +213,69 @@ def test_confirmation_runs_are_mlflow_children_with_their_seed(searched):
     assert metrics["kd_best_val_acc_mean"] == pytest.approx(kd_best["val_acc"])
     assert metrics["student_ce_test_acc_sd"] == pytest.approx(
         next(r for r in report["rows"] if r["model"] == "student_ce")["test_acc_sd"])
+
+
+def test_each_search_registers_a_new_version_of_its_student_as_champion(searched):
+    from mlflow.tracking import MlflowClient
+    import mlflow.pytorch
+    import torch
+    results = searched[0]
+    first, again = (json.loads((results / name / "report.json").read_text()) for name in ("tiny", "again"))
+    assert first["mlflow"]["registered"] == {"model": "tiny-student", "version": 1, "aliases": ["champion"]}
+    # the same study again: as good (its runs are the stored ones), so it is the champion too
+    assert again["mlflow"]["registered"] == {"model": "tiny-student", "version": 2, "aliases": ["champion"]}
+    client = MlflowClient(first["mlflow"]["tracking_uri"])
+    assert sorted(int(v.version) for v in client.search_model_versions("name='tiny-student'")) == [1, 2]
+    champion = client.get_model_version_by_alias("tiny-student", "champion")
+    assert int(champion.version) == 2 and champion.tags["kdsearch.parent_run_id"] == again["mlflow"]["parent_run_id"]
+    assert "test accuracy: kd_best" in champion.description and float(champion.tags["kdsearch.val_acc"]) == \
+        pytest.approx(again["rows"][-1]["val_acc"], abs=1e-4)
+    mlflow.set_tracking_uri(first["mlflow"]["tracking_uri"])
+    model = mlflow.pytorch.load_model("models:/tiny-student@champion")  # what a team deploying it loads
+    assert tuple(model(torch.zeros(3, 3, 32, 32)).shape) == (3, 10)
+
+
+@pytest.mark.parametrize("fmt", ["pt2", "onnx", "state_dict"])
+def test_the_exported_student_gives_the_trained_students_logits(searched, tiny_archive, fmt, tmp_path):
+    import torch
+    from kdsearch.augment import Views
+    from kdsearch.data import load_arrays, prepare
+    from kdsearch.engine import evaluate, predict
+    from kdsearch.export import load_student
+    from kdsearch.networks import resolve
+    folder = searched[0] / "tiny"
+    report = json.loads((folder / "report.json").read_text())
+    model, saved = load_student(folder)  # kd_best's student, as the search saved it
+    data = prepare(load_arrays("auto", tiny_archive), 100, None, 0, torch.device("cpu"))  # the study's split
+    views = Views(0, mean=tuple(saved["mean"]), std=tuple(saved["std"]))
+    kd_best = report["rows"][-1]
+    assert evaluate(model, data.val, views) == pytest.approx(kd_best["val_accs"][0], abs=1.0)  # within an image
+    expected = predict(model, data.val.x, views)
+    out = tmp_path / f"student.{fmt}"
+    done = kdsearch("export", folder, "--format", fmt, "--out", out, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    about = json.loads(out.with_name(out.name + ".json").read_text())
+    assert about["classes"] == saved["classes"] and about["normalisation_folded_in"] == (fmt != "state_dict")
+    images = data.val.x.float().contiguous() / 255  # what a folded-in export takes: RGB in 0..1
+    if fmt == "pt2":
+        got = torch.export.load(str(out)).module()(images)
+    elif fmt == "onnx":
+        import onnxruntime
+        session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        got = torch.from_numpy(session.run(None, {"x": images.numpy()})[0])
+    else:
+        stored = torch.load(out, weights_only=True)
+        network = resolve(stored["network"], tmp_path, "the export's network")  # its spec, as a study names it
+        net = network.build(stored["num_classes"], tuple(stored["image_size"])).eval()
+        net.load_state_dict(stored["state_dict"])
+        mean, std = (torch.tensor(stored[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
+        with torch.no_grad():
+            got = net((images - mean) / std)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    assert (got.argmax(1) == expected.argmax(1)).all()
+
+
+def test_export_of_a_folder_without_a_search_is_one_line(tmp_path):
+    done = kdsearch("export", tmp_path, cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "no student.pt" in done.stderr, done.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing written
