@@ -87,7 +87,7 @@ def export(folder, fmt="pt2", out=None):
         else:
             _check_onnx()
             torch.onnx.export(wrapped, (example,), str(out), input_names=["x"], output_names=["logits"],
-                              dynamic_shapes=batch, dynamo=True)
+                              dynamic_shapes=batch, dynamo=True, external_data=False)  # one file
     Path(f"{out}.json").write_text(json.dumps(about, indent=1))
     return out
 

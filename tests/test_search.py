@@ -255,6 +255,7 @@ def test_the_exported_student_gives_the_trained_students_logits(searched, tiny_a
     done = kdsearch("export", folder, "--format", fmt, "--out", out, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     about = json.loads(out.with_name(out.name + ".json").read_text())
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name, out.name + ".json"]  # the model is one file
     assert about["classes"] == saved["classes"] and about["normalisation_folded_in"] == (fmt != "state_dict")
     images = data.val.x.float().contiguous() / 255  # what a folded-in export takes: RGB in 0..1
     if fmt == "pt2":
