@@ -121,9 +121,14 @@ def _beta_quantiles(alpha, points=4096):
     return torch.from_numpy(np.concatenate([low, 1 - low[-2::-1]]))
 
 
+@functools.cache
+def _beta_quantiles_on(alpha, device):
+    return _beta_quantiles(alpha).to(device)  # once per device: not a host-to-device copy every batch
+
+
 def beta_weights(u, alpha):
     """lam ~ Beta(alpha, alpha) for uniforms `u` (float64 in (0, 1)): the quantile function, interpolated."""
-    q = _beta_quantiles(float(alpha)).to(u.device)
+    q = _beta_quantiles_on(float(alpha), u.device)
     pos = u * (len(q) - 1)
     k = pos.floor().long().clamp(max=len(q) - 2)
     return q[k] + (pos - k) * (q[k + 1] - q[k])

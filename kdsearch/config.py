@@ -14,6 +14,8 @@ from pydantic.dataclasses import dataclass
 
 from .errors import UserError
 from .inputs import Augment, Data, Models
+from .names import NEUTRAL
+from .running import Confirm, Resources, Search, Tracking
 from .losses import LOSSES, NEEDS_TEACHER, OPTIONAL_VALUES, losses_taking
 from .models import MODELS
 from .validation import CONFIG, Bound, Float, Int, check_space, read_yaml, rule, user_error
@@ -22,10 +24,6 @@ NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"  # a plain folder name: no path 
 SEARCHABLE = ("loss", "temperature", "alpha", "beta", "gamma", "lr", "epochs", "weight_decay", "batch_size",
               "optimizer", "momentum", "nesterov", "schedule", "warmup_epochs", "ema", "label_smoothing",
               "grad_clip", "mix")  # Recipe fields a space may hold
-# the training levers' values that change nothing: a recipe holding them keeps the cache key it had before they
-# existed, so runs stored then are not trained again
-NEUTRAL = {"nesterov": False, "warmup_epochs": 0, "ema": None, "label_smoothing": 0.0, "grad_clip": None,
-           "mix": "none"}
 LossName = Literal[tuple(sorted(LOSSES))]
 ModelName = Literal[tuple(sorted(MODELS))]
 Optimizer, Schedule = Literal["adam", "adamw", "sgd"], Literal["none", "cosine", "onecycle"]
@@ -148,41 +146,6 @@ def _default_space():
     # a sensible full-scale space around the notebook's T = 4.5, alpha = 0.8, lr = 1e-3, 30 epochs
     return {"temperature": Param("loguniform", 1.0, 20.0), "alpha": Param("uniform", 0.0, 1.0),
             "lr": Param("loguniform", 1e-4, 1e-2), "epochs": Param("int", 10, 60, step=5)}
-
-
-@dataclass(config=CONFIG)
-class Search:
-    num_samples: Int(ge=1) = Field(20, description="trials; --num-samples overrides")
-    max_concurrent: Int(ge=1) = Field(2, description="trials running at once")
-    seed: Int(ge=0) = Field(0, description="seeds Optuna's sampler (TPE)")
-    scheduler: Literal["none", "asha"] = Field("none", description="asha: stop poor trials early")
-    grace_period: Int(ge=1) = Field(2, description="ASHA: epochs every trial runs before it may be stopped")
-    reduction_factor: Int(ge=2) = Field(3, description="ASHA: keep the best 1/reduction_factor at each rung")
-    max_failures: Int(ge=0) = Field(2, description="a trial that raises is retried from its checkpoint this often")
-
-
-@dataclass(config=CONFIG)
-class Confirm:
-    """After the search: the best configurations and the CE / KD baselines re-trained on more seeds."""
-    top_k: Int(ge=1) = Field(3, description="best completed configurations to confirm")
-    seeds: Int(ge=1) = Field(3, description="seeds per confirmed model, the study's seed first; 1: off")
-
-
-@dataclass(config=CONFIG)
-class Resources:
-    cpu: Float(gt=0) = Field(1.0, description="CPUs per trial; torch threads in the trial match it")
-    gpu: Optional[Float(ge=0)] = Field(None, description="GPUs per trial (fractions share one); null: "
-                                                         "1/max_concurrent of a GPU if torch sees one, else 0")
-
-
-@dataclass(config=CONFIG)
-class Tracking:
-    uri: Optional[str] = Field(None, description="MLflow tracking URI; default sqlite:///<results>/mlflow.db")
-    experiment: Optional[str] = Field(None, description="MLflow experiment; default: the study name")
-    register: bool = Field(True, description="register kd_best's student in MLflow's Model Registry, a new "
-                           "version per search, aliased champion when it is at least as good as the current one")
-    model_name: Optional[str] = Field(None, min_length=1, description="its registered model; default: "
-                                      "<study name>-student")
 
 
 @dataclass(config=CONFIG)

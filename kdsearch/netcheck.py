@@ -4,7 +4,7 @@ Each mistake is one UserError line naming the key, what is wrong and the fix."""
 import torch
 
 from .errors import UserError, first_line
-from .models import MODELS
+from .models import MODELS, count_params
 from .names import ROLES
 from .networks import logits_of
 
@@ -53,7 +53,7 @@ def check(networks, where):
             raise UserError(f"{at}: {net.spec} gives logits of shape {tuple(out.shape)} for 2 images, not (2, "
                             f"{networks.num_classes}) for the data's {networks.num_classes} classes; fix: build "
                             f"its head with num_classes")
-        counts[role] = sum(p.numel() for p in model.parameters())
+        counts[role] = count_params(model)
     return counts
 
 

@@ -31,6 +31,7 @@ from .names import ROLES
 from .searcher import make_searcher
 from .space import first_point, space_epochs
 from .state import SearchState
+from .store_uri import check_uri, default_uri
 from .teacher import logit_mixes
 from .trial import TrialData
 from .tune_callback import trial_callback
@@ -130,8 +131,8 @@ def precheck(study, study_file, results, address):
                                               address)
     check_source(study.data.source, study.data.path)
     check_writable(results)
-    uri = study.tracking.uri or tracking.default_uri(results)
-    tracking.check_uri(uri, study_file)
+    uri = study.tracking.uri or default_uri(results)
+    check_uri(uri, study_file)
     if address is not None:
         check_address(address)
     return device, resources, trial_device, uri

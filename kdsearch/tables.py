@@ -4,6 +4,8 @@ import json
 import sys
 from pathlib import Path
 
+from .names import NEUTRAL
+
 # a Run as baselines.json and the report's rows hold it
 ROW_KEYS = ("model", "params", "val_acc", "test_acc", "train_s", "config", "history", "key")
 # the notebook's own table: test-set accuracy at its best epoch on the test set (so tuned on the test set)
@@ -90,8 +92,7 @@ def settings(params, sep=" ", skip=("loss",)):
 
 SHORT = {"temperature": "T", "alpha": "α", "beta": "β", "gamma": "γ", "weight_decay": "wd", "label_smoothing": "ls",
          "warmup_epochs": "warm-up", "grad_clip": "clip", "batch_size": "batch", "momentum": "mom"}
-QUIET = {"ema": None, "mix": "none", "label_smoothing": 0.0, "warmup_epochs": 0, "grad_clip": None,
-         "nesterov": False, "schedule": "none"}  # the levers' neutral values (config.NEUTRAL): not in a run's name
+QUIET = {**NEUTRAL, "schedule": "none"}  # the values a run's name leaves out
 CORE = ("temperature", "alpha", "beta", "gamma", "lr")  # a trial's distillation settings, named first
 
 

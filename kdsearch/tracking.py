@@ -15,45 +15,20 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # send nothing off th
 
 import mlflow  # noqa: E402
 from mlflow.entities import Metric  # noqa: E402
-from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from .engine import curve_names  # noqa: E402
 from .errors import UserError, first_line  # noqa: E402
+from .registry import register  # noqa: E402
+from .store_uri import ui_command  # noqa: E402
 
 
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # a model-training experiment, to the UI
-CHAMPION = "champion"  # the registered student with the best mean validation accuracy so far
 ACCURACIES = ("val_acc", "test_acc")  # a model's accuracies on the parent run, as <model>_<accuracy>[_mean|_sd]
 
 
 def metric_name(model, accuracy, stat=""):
     return f"{model}_{accuracy}{stat}"
-
-
-def default_uri(results):
-    return f"sqlite:///{Path(results).resolve() / 'mlflow.db'}"
-
-
-def check_uri(uri, file):
-    """A quick look at the tracking URI before anything is created: a server must answer within 5 s (MLflow's
-    client would retry for minutes), an sqlite or file store must lie in a writable folder."""
-    import urllib.request
-    fix = f"fix: start the server, or correct tracking.uri in {file}"
-    if uri.startswith(("http://", "https://")):
-        try:
-            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).close()
-        except Exception as e:
-            raise UserError(f"{file}: tracking.uri {uri}: the MLflow server does not answer ({first_line(e, 120)}); "
-                            f"{fix}") from None
-    elif uri.startswith(("sqlite:///", "file:")) or "://" not in uri:
-        path = Path(uri.split("sqlite:///", 1)[1] if uri.startswith("sqlite:///") else uri.split("file:", 1)[-1])
-        folder = next(p for p in [path.parent, *path.parent.parents] if p.exists())
-        if not os.access(folder, os.W_OK):
-            raise UserError(f"{file}: tracking.uri {uri}: {folder} is not writable; {fix}")
-    elif uri.split("://")[0] not in ("sqlite", "postgresql", "mysql", "mssql", "databricks"):
-        raise UserError(f"{file}: tracking.uri {uri}: unknown scheme {uri.split('://')[0]!r} (use http(s)://, "
-                        f"sqlite:///, file: or a database URI); {fix}")
 
 
 def open_tracker(uri, experiment, artifact_root):
@@ -63,16 +38,6 @@ def open_tracker(uri, experiment, artifact_root):
     except Exception as e:  # an unreachable server, a bad URI, a deleted experiment of that name
         raise UserError(f"cannot use the MLflow store {uri} ({first_line(e, 170)}); fix: check "
                         f"tracking.uri, or restore or rename tracking.experiment") from None
-
-
-def ui_command(uri, experiment_id):
-    """How to look at the runs: start the UI on a local store (or use the server) and open the experiment's runs
-    table. The link names the workflow: MLflow 3.17's UI, whose sidebar switch is on by default, opens its GenAI
-    overview otherwise, whatever the experiment's kind tag says (seen in a headless Chromium)."""
-    local = not uri.startswith(("http://", "https://"))  # a file or database store: `mlflow ui` serves it
-    base = "http://127.0.0.1:5000" if local else uri.rstrip("/")
-    url = f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
-    return f"mlflow ui --backend-store-uri {uri}, then open {url}" if local else f"open {url}"
 
 
 class Tracker:
@@ -233,33 +198,9 @@ class Tracker:
                                             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
         if registered:
             try:
-                self.register(registered, info.model_uri, report)
+                self.registered = register(self.client, self.parent, registered, info.model_uri, report)
             except Exception as e:  # a store without a registry, no permission: the search's work stands
                 log(f"mlflow: kd_best was logged but not registered as {registered!r} ({first_line(e, 200)})")
-
-    def register(self, name, model_uri, report):
-        """A version of the registered model `name` for this search's kd_best (`model_uri`), once per search (a
-        resumed one finds its version by tag): described by the report's verdicts, and aliased `champion` when
-        its mean validation accuracy is at least the current champion's (the tag kdsearch.val_acc). The newest
-        version is MLflow's own models:/NAME/latest ("latest" is a reserved alias)."""
-        from .tables import verdict_lines
-        mine = self.client.search_model_versions(f"name = '{name}' and tags.`kdsearch.parent_run_id` = "
-                                                 f"'{self.parent}'")
-        version = mine[0].version if mine else mlflow.register_model(model_uri, name).version
-        best = report["rows"][-1]
-        lines = [f"kd_best of search {report['name']!r} (study {report['study']}): {best['val_acc']:.2f}% "
-                 f"validation, {best['test_acc']:.2f}% test accuracy", *verdict_lines(report)]
-        self.client.update_model_version(name, version, description="\n".join(lines))
-        for k, v in {"kdsearch.parent_run_id": self.parent, "kdsearch.val_acc": f"{best['val_acc']:.6g}"}.items():
-            self.client.set_model_version_tag(name, version, k, v)
-        try:
-            champion = self.client.get_model_version_by_alias(name, CHAMPION)
-            better = best["val_acc"] >= float(champion.tags.get("kdsearch.val_acc", "-inf"))
-        except MlflowException:  # no champion yet
-            better = True
-        if better:
-            self.client.set_registered_model_alias(name, CHAMPION, version)
-        self.registered = {"model": name, "version": int(version), "aliases": [CHAMPION] if better else []}
 
     def log_report(self, paths):
         for f in paths:
