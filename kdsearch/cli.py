@@ -4,12 +4,12 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import UserError
-from .names import BASELINES
+from kdsearch.core.errors import UserError
+from kdsearch.core.names import BASELINES
 
 
 def _study(args):
-    from .config import load_study
+    from kdsearch.study.schema import load_study
     overrides = {"data.path": args.data, "data.source": "auto"} if getattr(args, "data", None) else {}
     if getattr(args, "confirm_seeds", None) is not None:
         overrides["confirm.seeds"] = args.confirm_seeds  # validated with the study file's rules
@@ -19,17 +19,17 @@ def _study(args):
 
 
 def cmd_validate(args):
-    from .context import resolve_networks
+    from kdsearch.phase.context import resolve_networks
     study = _study(args)
     resolve_networks(study, args.study)  # they are built and run with the data, by the other commands
     print(f"{args.study}: valid study '{study.name}'")
 
 
 def cmd_baselines(args):
-    from .baselines import run_baselines
-    from .context import open_study
-    from .engine import pick_device
-    from .tables import format_table, write_baselines
+    from kdsearch.engine.loop import pick_device
+    from kdsearch.phase.baselines import run_baselines
+    from kdsearch.phase.context import open_study
+    from kdsearch.report.tables import format_table, write_baselines
     study = _study(args)
     start = time.perf_counter()
     ctx = open_study(study, args.study, args.results, pick_device(study.device))
@@ -43,13 +43,15 @@ def cmd_baselines(args):
 def cmd_train(args):
     import json
     import re
+
     import torch
     import yaml
-    from .context import open_study
-    from .engine import pick_device
-    from .evidence import evidence
-    from .tables import format_trained
-    from .train import recipe_of, train_recipe
+
+    from kdsearch.engine.loop import pick_device
+    from kdsearch.phase.context import open_study
+    from kdsearch.phase.train import recipe_of, train_recipe
+    from kdsearch.report.tables import format_trained, trained_json
+    from kdsearch.tools.evidence import evidence
     study = _study(args)
     overrides = {}
     for item in args.set:
@@ -69,7 +71,7 @@ def cmd_train(args):
     device = pick_device(study.device)
     ctx = open_study(study, args.study, args.results, device)
     trained = train_recipe(ctx, label, recipe, seeds)
-    out = trained.to_json(evidence(device, torch.get_num_threads()))
+    out = trained_json(trained, evidence(device, torch.get_num_threads()))
     folder = Path(args.results) / study.name / "train"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / (re.sub(r"[^A-Za-z0-9_.=+-]", "_", label) + ".json")
@@ -80,21 +82,23 @@ def cmd_train(args):
 
 def cmd_schema(args):
     import json
-    from .config import json_schema
+
+    from kdsearch.study.schema import json_schema
     print(json.dumps(json_schema(), indent=2))
 
 
 def cmd_search(args):
     study = _study(args)
     import re
-    from .config import NAME_PATTERN
+
+    from kdsearch.study.schema import NAME_PATTERN
     if args.name is not None and not re.fullmatch(NAME_PATTERN, args.name):
         raise UserError(f"--name {args.name!r} must be a plain folder name (letters, digits, '_', '.', '-'); "
                         f"fix: give another --name")
     if args.num_samples is not None and args.num_samples < 1:
         raise UserError(f"--num-samples must be >= 1 (got {args.num_samples}); fix: give a positive number")
-    from .tables import print_summary
-    from .search import Options, run_search
+    from kdsearch.report.tables import print_summary
+    from kdsearch.search.pipeline import Options, run_search
     try:
         report, written = run_search(study, args.study, Options(args.results, args.name,
                                                                  args.address, args.resume))
@@ -107,8 +111,9 @@ def cmd_search(args):
 
 def cmd_report(args):
     import json
-    from .report import render
-    from .tables import print_summary
+
+    from kdsearch.report.build import render
+    from kdsearch.report.tables import print_summary
     folder = Path(args.folder)
     try:
         report = json.loads((folder / "report.json").read_text())
@@ -119,7 +124,7 @@ def cmd_report(args):
 
 
 def cmd_export(args):
-    from .export import export
+    from kdsearch.tools.export import export
     out = export(args.folder, args.format, args.out)
     print(f"wrote {out} and {out}.json")
 
@@ -127,7 +132,7 @@ def cmd_export(args):
 def cmd_bench(args):
     if args.batches < 1:
         raise UserError(f"--batches must be >= 1 (got {args.batches}); fix: give a positive number")
-    from .bench import format_bench, run_bench, write_json
+    from kdsearch.tools.bench import format_bench, run_bench, write_json
     result = run_bench(args.data, batches=args.batches, threads=args.threads,
                        log=lambda m: print(m, file=sys.stderr))
     print(format_bench(result))

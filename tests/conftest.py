@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kdsearch.imagefolder import layout, read_files
+from kdsearch.data.imagefolder import layout, read_files
 
 SHARED_ARCHIVE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 ARCHIVE = Path(os.environ.get("KDSEARCH_TEST_ARCHIVE", SHARED_ARCHIVE))

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdsearch.augment import MEAN, STD, Views, augmented_views, view_params
+from kdsearch.data.augment import MEAN, STD, Views, augmented_views, view_params
 
 
 def images(n=64, seed=0, h=32, w=32):

@@ -6,10 +6,10 @@ import sys
 
 import pytest
 import torch
-
 from conftest import stored
-from kdsearch.config import load_study
-from kdsearch.errors import UserError
+
+from kdsearch.core.errors import UserError
+from kdsearch.study.schema import load_study
 
 
 def kdsearch(*args, cwd):
@@ -159,7 +159,7 @@ def test_the_engine_runs_without_ray_optuna_or_mlflow(tiny_study, tiny_archive, 
     results = tmp_path / "r"
     code = ("import sys\n"
             "for m in ('ray', 'optuna', 'mlflow'): sys.modules[m] = None  # any import of them now fails\n"
-            "import kdsearch.bench, kdsearch.trial  # the engine's other entry points import none of them either\n"
+            "import kdsearch.tools.bench, kdsearch.phase.trial  # the engine's other entry points import none of them either\n"
             "from kdsearch.cli import main\n"
             f"common = [{str(tiny_study)!r}, '--data', {str(tiny_archive)!r}, '--results', {str(results)!r}]\n"
             "assert main(['baselines', *common]) == 0\n"
@@ -211,7 +211,7 @@ def test_bench_figures_are_honest_measurements_with_their_evidence(tiny_archive,
     assert all(math.isfinite(v) and v > 0 for v in result.values())
     assert {"device", "torch", "cpu_threads", "batch_size", "batches", "repeats", "kdsearch", "git_commit"} <= set(
         evidence)
-    from kdsearch.engine import pick_device
+    from kdsearch.engine.loop import pick_device
     assert evidence["batch_size"] == 256 and evidence["device"].startswith(pick_device().type)
     printed = {line.split()[0]: line for line in r.stdout.splitlines() if line.split()}
     for name, value in result.items():  # the JSON and the printout agree

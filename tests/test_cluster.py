@@ -13,7 +13,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from conftest import TINY_BASE, TINY_SPACE
 from test_networks import NET_FILE
 from test_resume import SEARCH

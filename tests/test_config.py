@@ -8,10 +8,20 @@ import pytest
 import torch
 import yaml
 
-from kdsearch import losses
-from kdsearch.config import (NEUTRAL, SEARCHABLE, Baselines, Param, Recipe, Teacher, json_schema, key_fields,
-                             load_study, parse_recipe)
-from kdsearch.errors import UserError
+from kdsearch.core.errors import UserError
+from kdsearch.engine import losses
+from kdsearch.study.schema import (
+    NEUTRAL,
+    SEARCHABLE,
+    Baselines,
+    Param,
+    Recipe,
+    Teacher,
+    json_schema,
+    key_fields,
+    load_study,
+    parse_recipe,
+)
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "search_spaces")
 SHIPPED = ["cifar10_quick.yaml", "cifar10_kd.yaml"]

@@ -3,11 +3,11 @@ import tarfile
 
 import numpy as np
 import pytest
+from conftest import TEST_PER_CLASS, TRAIN_PER_CLASS, write_archive
 from PIL import Image
 
-from conftest import TEST_PER_CLASS, TRAIN_PER_CLASS, write_archive
-from kdsearch.data import load_arrays, stratified_split
-from kdsearch.errors import UserError
+from kdsearch.core.errors import UserError
+from kdsearch.data.dataset import load_arrays, stratified_split
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 

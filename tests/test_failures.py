@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from kdsearch.cluster import start_ray, stop_ray
-from kdsearch.config import Data, Param, Recipe, Search, Study
-from kdsearch.context import open_study
-from kdsearch.search import trial_data
-from kdsearch.searcher import make_searcher
-from kdsearch.tracking import open_tracker
-from kdsearch.tune_callback import trial_callback
-from kdsearch.tuner import TuneJob, build_tuner, collect_trials
+from kdsearch.phase.context import open_study
+from kdsearch.search.cluster import start_ray, stop_ray
+from kdsearch.search.pipeline import trial_data
+from kdsearch.search.searcher import make_searcher
+from kdsearch.search.tune_callback import trial_callback
+from kdsearch.search.tuner import TuneJob, build_tuner, collect_trials
+from kdsearch.study.schema import Data, Param, Recipe, Search, Study
+from kdsearch.tracking.tracker import open_tracker
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +38,7 @@ def searched(tiny_archive, tmp_path_factory):
     url = start_ray(None, logs.append)
     try:
         import ray
+
         # the dashboard opens as is (no token: no 401) and the node stays on loopback
         dashboard = (url, urllib.request.urlopen(url + "/api/cluster_status", timeout=30).status,
                      ray.nodes()[0]["NodeManagerAddress"])

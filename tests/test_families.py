@@ -1,10 +1,10 @@
 """The report's breakdown by loss family and the hyperparameter importances, on made-up trials (real Optuna)."""
 import random
 
-from kdsearch.config import Param
-from kdsearch.importance import importances
-from kdsearch.report import families
-from kdsearch.tracking import parent_metrics
+from kdsearch.report.build import families
+from kdsearch.search.importance import importances
+from kdsearch.study.schema import Param
+from kdsearch.tracking.tracker import parent_metrics
 
 SPACE = {"loss": Param("choice", values=["kd", "dist", "dkd"]), "alpha": Param("uniform", 0, 1),
          "temperature": Param("loguniform", 1, 20), "gamma": Param("uniform", 0.5, 2, losses=["dist"])}

@@ -8,15 +8,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdsearch.augment import Views
-from kdsearch.config import Recipe, key_fields
-from kdsearch.data import Split, load_arrays, prepare
-from kdsearch.engine import Lesson, new_model, train
-from kdsearch.errors import UserError
-from kdsearch.levers import lr_factor, make_optimizer
-from kdsearch.losses import make_loss
-from kdsearch.networks import notebook_networks
-from kdsearch.space import first_point
+from kdsearch.core.errors import UserError
+from kdsearch.data.augment import Views
+from kdsearch.data.dataset import Split, load_arrays, prepare
+from kdsearch.engine.levers import lr_factor, make_optimizer
+from kdsearch.engine.loop import Lesson, new_model, train
+from kdsearch.engine.losses import make_loss
+from kdsearch.engine.networks import notebook_networks
+from kdsearch.study.schema import Recipe, key_fields
+from kdsearch.study.space import first_point
 
 NETS, CPU = notebook_networks(), torch.device("cpu")
 
@@ -73,14 +73,14 @@ def test_the_ema_is_the_hand_computed_average_of_the_weights(lesson):
     """One step per epoch (a batch of all 64 images), so each epoch's running weights are each step's."""
     decay = 0.5
     model, history, states = run(Recipe(epochs=4, batch_size=64, ema=decay), lesson)
-    raw = [s["raw"] for s in states]
+    raw = [s.raw for s in states]
     avg = {k: v.clone().float() for k, v in raw[0].items()}  # the first update copies
     for n, step in enumerate(raw[1:], start=1):
         d = min(decay, (1 + n) / (10 + n))
         avg = {k: avg[k] + (step[k].float() - avg[k]) * (1 - d) for k in avg}
     for k, v in model.state_dict().items():  # the model ends as the average, and the checkpoint's model is it
         torch.testing.assert_close(v.float(), avg[k], msg=k)
-        torch.testing.assert_close(states[-1]["model"][k], v, msg=k)
+        torch.testing.assert_close(states[-1].model[k], v, msg=k)
     assert not all(torch.equal(raw[-1][k], v) for k, v in model.state_dict().items())  # not the running weights
 
 
@@ -115,7 +115,7 @@ def test_neutral_levers_keep_a_recipes_cache_key_and_others_change_it():
 
 
 def test_the_levers_can_be_searched_and_the_first_trial_is_kd_reference(tmp_path):
-    from kdsearch.config import load_study
+    from kdsearch.study.schema import load_study
     study = tmp_path / "s.yaml"
     study.write_text("name: s\nspace:\n  optimizer: {type: choice, values: [adam, adamw, sgd]}\n"
                      "  ema: {type: choice, values: [null, 0.999, 0.9999]}\n"

@@ -7,19 +7,18 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
-from kdsearch.augment import Mix, MixedLabels, Views, augmented_views, mix_params, training_batch, view_params
-from kdsearch.config import Recipe, Study, key_fields, load_study
-from kdsearch.context import StudyContext, mix_views
-from kdsearch.data import Split, load_arrays, prepare
-from kdsearch.engine import Lesson, new_model, predict, train
-from kdsearch.errors import UserError
-from kdsearch.losses import make_loss
-from kdsearch.networks import notebook_networks
-from kdsearch.store import Store
-from kdsearch.teacher import logit_mixes, logit_table
-
 from test_augment import images, reference_view
+
+from kdsearch.core.errors import UserError
+from kdsearch.data.augment import Mix, MixedLabels, Views, augmented_views, mix_params, training_batch, view_params
+from kdsearch.data.dataset import Split, load_arrays, prepare
+from kdsearch.engine.loop import Lesson, new_model, predict, train
+from kdsearch.engine.losses import make_loss
+from kdsearch.engine.networks import notebook_networks
+from kdsearch.phase.context import StudyContext, mix_views
+from kdsearch.phase.store import Store
+from kdsearch.phase.teacher import logit_mixes, logit_table
+from kdsearch.study.schema import Recipe, Study, key_fields, load_study
 
 NETS, CPU = notebook_networks(), torch.device("cpu")
 MIXUP, CUTMIX = Mix("mixup", 0.4, 0.8), Mix("cutmix", 1.0, 0.5)

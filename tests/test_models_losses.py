@@ -5,10 +5,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kdsearch.bench import NotebookStudentNet
-from kdsearch.config import Recipe
-from kdsearch.losses import make_loss
-from kdsearch.models import StudentNet, TeacherNet, count_params
+from kdsearch.engine.losses import make_loss
+from kdsearch.engine.models import StudentNet, TeacherNet, count_params
+from kdsearch.study.schema import Recipe
+from kdsearch.tools.bench import NotebookStudentNet
 
 
 def notebook_teacher_names():

@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import stored
-from kdsearch.config import load_study
-from kdsearch.context import open_study, resolve_networks
-from kdsearch.data import load_arrays
-from kdsearch.errors import UserError
-from kdsearch.models import build_model, count_params
-from kdsearch.networks import logits_of
+
+from kdsearch.core.errors import UserError
+from kdsearch.data.dataset import load_arrays
+from kdsearch.engine.models import build_model, count_params
+from kdsearch.engine.networks import logits_of
+from kdsearch.phase.context import open_study, resolve_networks
+from kdsearch.study.schema import load_study
 
 # a student of the user's, returning (logits, features) as many research models do; it notes where each process
 # imported it from (ORIGINS is filled in by the test), so that the test sees how the file reached Ray's workers
@@ -192,6 +192,7 @@ MISTAKES = [  # (role, spec, the file's kind from BAD_NET, what the line says)
                                       "dict, not logits"),
 ]
 import importlib.util  # noqa: E402
+
 if importlib.util.find_spec("timm") is None:
     MISTAKES.append(("student", "timm:resnet18", None, "timm is not installed; fix: pip install timm"))
 
@@ -280,13 +281,13 @@ def test_normalisation_is_the_training_splits_own_unless_the_study_gives_it(gray
 
 def described(study_file):
     """The study as a search's record holds it, its networks resolved as a search resolves them."""
-    from kdsearch.search import describe
+    from kdsearch.search.pipeline import describe
     study = load_study(study_file)
     return describe(study, resolve_networks(study, study_file))
 
 
 def test_resume_refuses_once_a_network_file_was_edited(tmp_path):
-    from kdsearch.state import SearchState
+    from kdsearch.search.state import SearchState
     study_file = own_study(tmp_path / "s", teacher="teacher")
     state = SearchState(tmp_path / "r" / "own")
     state.folder.mkdir(parents=True)

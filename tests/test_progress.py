@@ -10,7 +10,8 @@ import sys
 import termios
 
 from conftest import TINY_STUDY
-from kdsearch.progress import progress
+
+from kdsearch.core.progress import progress
 
 
 def test_without_a_terminal_each_step_is_its_line():

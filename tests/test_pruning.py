@@ -5,11 +5,11 @@ import subprocess
 import sys
 
 from conftest import TINY_BASE
-from kdsearch.config import Param
 from optuna.trial import TrialState
 
-from kdsearch.trial import trial_state
-from kdsearch.searcher import NUMBER, make_searcher
+from kdsearch.core.records import trial_state
+from kdsearch.search.searcher import NUMBER, make_searcher
+from kdsearch.study.schema import Param
 
 
 def test_a_stopped_trial_is_pruned_a_diverged_one_failed_and_a_finished_one_complete():
@@ -33,7 +33,8 @@ def test_the_optuna_shim_was_written_for_the_installed_ray():
     """optuna_shim reads OptunaSearch's private state; another Ray release may have moved it: re-read Ray's
     ray/tune/search/optuna/optuna_search.py, update the shim and WRITTEN_FOR."""
     import ray
-    from kdsearch import optuna_shim
+
+    from kdsearch.search import optuna_shim
     assert ray.__version__.startswith(optuna_shim.WRITTEN_FOR + "."), (ray.__version__, optuna_shim.WRITTEN_FOR)
     s = make_searcher({"lr": Param("loguniform", 1e-4, 1e-2)}, seed=0)
     s.suggest("a")
@@ -110,7 +111,7 @@ def test_asha_rungs_come_back_after_a_resume():
     from ray.tune.experiment import Trial
     from ray.tune.schedulers import ASHAScheduler
 
-    from kdsearch.tuner import keep_scheduler
+    from kdsearch.search.tuner import keep_scheduler
 
     def asha():
         return ASHAScheduler(time_attr="epoch", metric="val_acc", mode="max", max_t=4, grace_period=1,
@@ -133,8 +134,8 @@ def test_asha_rungs_come_back_after_a_resume():
 
 def test_a_searched_loss_gives_a_conditional_space_and_the_first_trial_is_kd_reference(tmp_path):
     """space.loss makes the space define-by-run: a trial draws only the values its loss takes."""
-    from kdsearch.config import load_study
-    from kdsearch.space import first_point
+    from kdsearch.study.schema import load_study
+    from kdsearch.study.space import first_point
     study = tmp_path / "families.yaml"
     study.write_text("name: families\nspace:\n  loss: {type: choice, values: [kd, kd_ls, dkd, dist]}\n"
                      "  temperature: {type: loguniform, low: 1, high: 8}\n  alpha: {type: uniform, low: 0, high: 1}\n"

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from conftest import TINY_BASE, TINY_SPACE
 
 SEARCH = """\
@@ -188,9 +187,10 @@ def test_resume_with_nothing_to_resume_and_a_second_search_while_one_runs(resume
 
 def test_every_torch_load_is_weights_only():
     import ast
+
     import kdsearch
     calls = []
-    for path in Path(kdsearch.__file__).parent.glob("*.py"):
+    for path in Path(kdsearch.__file__).parent.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and ast.unparse(node.func) == "torch.load":
                 calls.append((path.name, {k.arg: ast.unparse(k.value) for k in node.keywords}))
@@ -201,7 +201,7 @@ def test_every_torch_load_is_weights_only():
 def test_epochs_trained_again_after_a_restart_are_logged_once(tmp_path):
     """A trial restored from an older checkpoint (after a kill, or a retry) reports some epochs again: its MLflow
     run keeps one point per epoch, in the same process (a retry) and in a new one (a resume)."""
-    from kdsearch.tracking import Tracker
+    from kdsearch.tracking.tracker import Tracker
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     before = Tracker(uri, "restarts", tmp_path / "artifacts")
     before.start_parent("s", "id0", __file__, {}, [])
@@ -222,7 +222,7 @@ def test_epochs_trained_again_after_a_restart_are_logged_once(tmp_path):
 def test_a_search_that_failed_before_any_trial_starts_afresh_without_resume(tmp_path):
     """Its engine phase failed (a teacher that diverged, say): nothing of the search itself finished, and what the
     engine phase finished is in the store, so a new try needs no --resume. One that failed later still does."""
-    from kdsearch.state import SearchState
+    from kdsearch.search.state import SearchState
     state, logs = SearchState(tmp_path / "s"), []
     state.folder.mkdir()
     state.write(status="failed", search_id="a", study={"name": "s"}, command="search s.yaml")

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import TINY_STUDY, stored
 
 MIX = "  mix: {type: choice, values: [none, cutmix]}\n"  # a searched mixing: two logit tables in the trials' data
@@ -216,9 +215,9 @@ def test_confirmation_runs_are_mlflow_children_with_their_seed(searched):
 
 
 def test_each_search_registers_a_new_version_of_its_student_as_champion(searched):
-    from mlflow.tracking import MlflowClient
     import mlflow.pytorch
     import torch
+    from mlflow.tracking import MlflowClient
     results = searched[0]
     first, again = (json.loads((results / name / "report.json").read_text()) for name in ("tiny", "again"))
     assert first["mlflow"]["registered"] == {"model": "tiny-student", "version": 1, "aliases": ["champion"]}
@@ -238,11 +237,12 @@ def test_each_search_registers_a_new_version_of_its_student_as_champion(searched
 @pytest.mark.parametrize("fmt", ["pt2", "onnx", "state_dict"])
 def test_the_exported_student_gives_the_trained_students_logits(searched, tiny_archive, fmt, tmp_path):
     import torch
-    from kdsearch.augment import Views
-    from kdsearch.data import load_arrays, prepare
-    from kdsearch.engine import evaluate, predict
-    from kdsearch.export import load_student
-    from kdsearch.networks import resolve
+
+    from kdsearch.data.augment import Views
+    from kdsearch.data.dataset import load_arrays, prepare
+    from kdsearch.engine.loop import evaluate, predict
+    from kdsearch.engine.networks import resolve
+    from kdsearch.tools.export import load_student
     folder = searched[0] / "tiny"
     report = json.loads((folder / "report.json").read_text())
     model, saved = load_student(folder)  # kd_best's student, as the search saved it

@@ -3,17 +3,16 @@ import dataclasses
 import pytest
 import torch
 
-from kdsearch.augment import Views, augmented_views
-from kdsearch.config import Recipe, Study, load_study
-from kdsearch.context import StudyContext
-from kdsearch.data import Split, load_arrays, prepare
-from kdsearch.engine import Lesson, new_model, train, train_step
-from kdsearch.errors import UserError
-from kdsearch.losses import make_loss
-from kdsearch.networks import notebook_networks
-from kdsearch.store import Store
-from kdsearch.teacher import get_teacher, load_teacher_checkpoint, logit_table
-
+from kdsearch.core.errors import UserError
+from kdsearch.data.augment import Views, augmented_views
+from kdsearch.data.dataset import Split, load_arrays, prepare
+from kdsearch.engine.loop import Lesson, new_model, train, train_step
+from kdsearch.engine.losses import make_loss
+from kdsearch.engine.networks import notebook_networks
+from kdsearch.phase.context import StudyContext
+from kdsearch.phase.store import Store
+from kdsearch.phase.teacher import get_teacher, load_teacher_checkpoint, logit_table
+from kdsearch.study.schema import Recipe, Study, load_study
 
 NETS = notebook_networks()
 

@@ -1,0 +1,118 @@
+"""A study's context, made once and passed down: its validated study file, its data on the device, its store
+of models and tensors, the device, its views and networks, and where progress lines go."""
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from kdsearch.core.errors import UserError
+from kdsearch.core.log import log_stderr
+from kdsearch.core.names import ROLES
+from kdsearch.data.augment import PAD, Mix, Views, channel_stats
+from kdsearch.data.dataset import CIFAR10_CLASSES, StudyData, cache_arrays, load_arrays, prepare
+from kdsearch.engine.loop import set_threads
+from kdsearch.engine.netcheck import check, load_teacher_checkpoint
+from kdsearch.engine.networks import Networks, resolve
+from kdsearch.phase.store import Store
+from kdsearch.study.schema import Study
+
+
+@dataclass
+class StudyContext:
+    study: Study
+    data: StudyData
+    store: Store
+    device: torch.device
+    views: Views  # how every image is seen: crop, flip, normalisation, the study's seed
+    networks: Networks  # the teacher and student, for the data's classes and size
+    log: Callable[[str], None] = log_stderr
+
+    @property
+    def notebook(self):
+        """The notebook's networks on CIFAR-10 at 32x32 with its crop and flip: the tables then show the
+        notebook's own results beside kdsearch's."""
+        return (self.networks.notebook and self.data.classes == CIFAR10_CLASSES and self.data.image_size == (32, 32)
+                and (self.views.padding, self.views.flip, self.views.period) == (PAD, True, None))
+
+    def views_of(self, mix, repeat=True):
+        """The training views of a recipe whose mix is `mix` (none, mixup, cutmix): the study's, mixed by its
+        augment.mixup or augment.cutmix; repeat=False: never repeating (the teacher's: augment.period bounds the
+        students' logit tables, and the teacher reads none)."""
+        views = mix_views(self.views, self.study.augment, mix)
+        return views if repeat else dataclasses.replace(views, period=None)
+
+
+def mix_views(views, augment, mix):
+    """`views` with the mixing `mix` (none, mixup, cutmix) by the study's `augment` settings."""
+    if mix == "none":
+        return views
+    setting = getattr(augment, mix)
+    return dataclasses.replace(views, mix=Mix(mix, setting.alpha, setting.prob))
+
+
+def open_study(study, study_file, results, device, log=log_stderr, nets=None):
+    """Threads, data (decoded once, cached under <results>/cache, then held on `device`), its views and the
+    store; then the study's networks, built and run once on the CPU on two images of the data's size (and the
+    teacher's checkpoint loaded into its network): a mistake in them is a UserError before anything trains."""
+    threads, cfg = set_threads(study.threads), study.data
+    cache = Path(results) / "cache"
+    start = time.perf_counter()
+    arrays = load_arrays(cfg.source, cfg.path, cache, cfg.image_size, write=False)
+    load_s = time.perf_counter() - start
+    if cfg.val_size + (cfg.train_subset or 1) > len(arrays.train_y):
+        raise UserError(f"data.val_size ({cfg.val_size}) + data.train_subset ({cfg.train_subset}) exceed the "
+                        f"{len(arrays.train_y)} training images of {cfg.path}; fix: lower them in the study file")
+    networks = study_networks(study, study_file, nets or resolve_networks(study, study_file), len(arrays.classes),
+                              arrays.train_x.shape[1:3])
+    cache_arrays(arrays, cache)  # only now: a mistake in the networks leaves nothing behind
+    data = prepare(arrays, cfg.val_size, cfg.train_subset, study.seed, device)
+    store = Store(cache, log)
+    views = study_views(study, data, store)
+    log(f"data: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test images of "
+        f"{data.image_size[0]}x{data.image_size[1]}, {len(data.classes)} classes (loaded in {load_s:.1f} s), on "
+        f"{device}, {threads} CPU threads; networks: teacher {networks.teacher.spec!r}, student "
+        f"{networks.student.spec!r}")
+    return StudyContext(study, data, store, device, views, networks, log)
+
+
+def resolve_networks(study, study_file):
+    """{role: networks.Network} as the study file names them (cheap: a file's network is hashed, not run); a spec
+    that does not resolve is a UserError naming FILE: models.ROLE."""
+    return {role: resolve(getattr(study.models, role), Path(study_file).parent, f"{study_file}: models.{role}")
+            for role in ROLES}
+
+
+def study_networks(study, study_file, nets, num_classes, image_size):
+    """The study's Networks for its data, checked (netcheck.check), with the teacher's checkpoint if any."""
+    networks = Networks(nets["teacher"], nets["student"], num_classes, tuple(image_size))
+    check(networks, {role: f"{study_file}: models.{role}" for role in nets})
+    if study.teacher.checkpoint:
+        try:
+            load_teacher_checkpoint(Path(study.teacher.checkpoint).expanduser(), networks, torch.device("cpu"))
+        except UserError as e:
+            raise UserError(f"{study_file}: teacher.checkpoint: {e}") from None
+    return networks
+
+
+def study_views(study, data, store):
+    """The study's Views: its seed, the crop's padding (default 1/8 of the image's smaller side), the flip, and
+    the normalisation: the study's data.mean / data.std, else the training split's own, computed once and
+    stored."""
+    mean, std = study.data.mean, study.data.std
+    if mean is None or std is None:
+        stats = store.load_tensor("stats", data.key)
+        if stats is None:
+            stats = channel_stats(data.train.x)
+            store.save_tensor("stats", data.key, stats)
+        mean = mean or tuple(round(float(v), 6) for v in stats[0])
+        std = std or tuple(round(float(v), 6) for v in stats[1])
+    padding = study.augment.crop_padding
+    if padding is not None and padding >= min(data.image_size):
+        raise UserError(f"augment.crop_padding: {padding} pixels would crop {data.image_size[0]}x"
+                        f"{data.image_size[1]} images down to padding alone; fix: give less than "
+                        f"{min(data.image_size)} (null: {min(data.image_size) // 8})")
+    return Views(study.seed, min(data.image_size) // 8 if padding is None else padding, study.augment.flip,
+                 tuple(mean), tuple(std), period=study.augment.period)

@@ -1,0 +1,59 @@
+"""One model trained by a recipe, or read back from the store when the same run was done before, and its
+record."""
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+from kdsearch.core.errors import UserError
+from kdsearch.core.progress import progress
+from kdsearch.core.records import Run
+from kdsearch.engine.loop import Lesson, evaluate, new_model, train
+from kdsearch.engine.models import count_params
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """A run to make: its name, recipe (config.Recipe), seed (initialisation and batch order) and store key."""
+    name: str
+    recipe: object
+    seed: int
+    key: str
+    kind: str = "runs"  # the store's folder: runs, or teacher
+
+    def save(self, store, model, history, test_acc, train_s):
+        """Store the model trained by this spec with its Run; return the Run."""
+        run = Run(model=self.name, key=self.key, params=count_params(model), val_acc=history[-1]["val_acc"],
+                  test_acc=test_acc, train_s=train_s, history=history, config=dataclasses.asdict(self.recipe),
+                  seed=self.seed)
+        store.save_run(self.kind, self.key, model, run.to_json())
+        return run
+
+
+def train_or_load(ctx, spec, make_table=None):
+    """Return (model, Run), on the data's device, for `spec` in the study `ctx`. make_table: a function of the
+    recipe's mix that returns the teacher's logit table of those views, called only when the run is trained (a
+    stored run needs none). The views are the study's, mixed as the recipe says."""
+    data, log, recipe = ctx.data, ctx.log, spec.recipe
+    model = new_model(ctx.networks, recipe.model, spec.seed, data.train.x.device)
+    stored = ctx.store.load_run(spec.kind, spec.key)
+    if stored is not None:
+        model.load_state_dict(stored[0])
+        log(f"{spec.name}: reusing the stored run {spec.kind}/{spec.key} (val {stored[1]['val_acc']:.2f}%)")
+        return model, Run.from_json(stored[1], cached=True)
+    log(f"{spec.name}: training {recipe.model} with {recipe.loss} for {recipe.epochs} epochs on {len(data.train)} "
+        f"images")
+
+    start = time.perf_counter()
+    views = ctx.views_of(recipe.mix, repeat=spec.kind != "teacher")
+    lesson = Lesson(data.train, views, data.val, make_table(recipe.mix) if make_table else None)
+    with progress(recipe.epochs, spec.name, log) as bar:
+        def report(m, state):
+            status = f"loss {m['train_loss']:.4f} val {m['val_acc']:.2f}%"
+            bar.step(f"{spec.name}: epoch {m['epoch']}/{recipe.epochs} {status} ({m['time_s']:.0f} s)", status)
+        history = train(model, recipe, lesson, seed=spec.seed, report=report)
+    if history[-1].get("diverged"):
+        raise UserError(f"{spec.name} diverged in epoch {len(history)} (its loss became NaN or infinite) with lr "
+                        f"{recipe.lr}; fix: lower {spec.name}'s lr in the study file")
+    return model, spec.save(ctx.store, model, history, evaluate(model, data.test, ctx.views),
+                                 time.perf_counter() - start)

@@ -1,0 +1,160 @@
+"""The search report's plots, drawn headless with matplotlib.
+
+The optimisation history, validation accuracy against each searched value, and the learning curves of the best
+trial against the baselines."""
+import matplotlib
+import matplotlib.ticker
+
+matplotlib.use("Agg")  # no screen: files only
+import matplotlib.pyplot as plt  # noqa: E402
+
+from kdsearch.core.names import CONFIRMED  # noqa: E402
+from kdsearch.core.records import COMPLETED, PRUNED, TRIAL_STATES  # noqa: E402
+from kdsearch.report.stats import mean_interval  # noqa: E402
+
+
+COLORS = dict(zip(TRIAL_STATES, ("tab:blue", "tab:orange", "tab:purple", "tab:red")))  # a trial's, by its state
+
+
+def plot_report(report, folder):
+    """history.png, params.png, curves.png, with a searched loss families.png, with importances importances.png
+    and with a confirmation confirmation.png in `folder`; return their paths."""
+    trials = [t for t in report["trials"] if t["val_acc"] is not None]
+    paths = [_history(report, trials, folder / "history.png")]
+    if any(t["params"] for t in trials):
+        paths.append(_params(report, trials, folder / "params.png"))
+    paths.append(_curves(report, folder / "curves.png"))
+    if report.get("families") and "temperature" in report["space"]:
+        paths.append(_families(report, trials, folder / "families.png"))
+    if report.get("importances"):
+        paths.append(_importances(report["importances"], folder / "importances.png"))
+    if report.get("confirmed"):
+        paths.append(_confirmation(report, folder / "confirmation.png"))
+    return paths
+
+
+def _history(report, trials, path):
+    """Each trial's validation accuracy by its number and state, the best so far, the confirmed baselines."""
+    baselines = {r["model"]: r for r in report["rows"]}
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for state, color in COLORS.items():
+        pts = [(t["number"], t["val_acc"]) for t in trials if t["state"] == state]
+        if pts:
+            ax.scatter(*zip(*pts), c=color, label=state, s=25)
+    best, line = float("-inf"), []
+    for t in sorted(trials, key=lambda t: t["number"]):
+        if t["state"] == COMPLETED:
+            best = max(best, t["val_acc"])
+        line.append((t["number"], best if best > float("-inf") else None))
+    ax.plot([n for n, b in line if b is not None], [b for n, b in line if b is not None], c="k", label="best so far")
+    for name, style in zip(reversed(CONFIRMED), ("--", ":")):
+        if name in baselines:
+            ax.axhline(baselines[name]["val_acc"], ls=style, c="gray", label=name)
+    ax.set(xlabel="trial", ylabel="validation accuracy (%)", title="Optimisation history")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _params(report, trials, path):
+    """Validation accuracy against each searched value, in rows of six (a searched recipe has a dozen)."""
+    names = sorted({k for t in trials for k in t["params"]})
+    cols = min(len(names), 6)
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.flat[len(names):]:
+        ax.axis("off")
+    for ax, name in zip(axes.flat, names):
+        having = [t for t in trials if name in t["params"]]  # a value some losses do not take
+        p = report["space"].get(name, {})
+        # a choice is plotted by its listed values' names, null included (matplotlib would drop a None)
+        x = [t["params"][name] for t in having]
+        if p.get("type") == "choice":
+            ax.set_xticks(range(len(p["values"])), ["null" if v is None else str(v) for v in p["values"]])
+            x = [p["values"].index(v) for v in x]
+        ax.scatter(x, [t["val_acc"] for t in having], c=[COLORS.get(t["state"], "k") for t in having], s=20)
+        if p.get("type") == "loguniform":
+            _log_x(ax)
+        ax.set(xlabel=name, ylabel="val acc (%)")
+    fig.suptitle("Validation accuracy against each hyperparameter")
+    return _save(fig, path)
+
+
+def _curves(report, path):
+    """The validation curves of kd_best and the baselines (the teacher aside)."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    curves = [(r["model"], r.get("history") or []) for r in report["rows"] if r["model"] != "teacher"]
+    for name, history in curves:
+        if history:
+            ax.plot([h["epoch"] for h in history], [h["val_acc"] for h in history], label=name,
+                    lw=2.5 if name == "kd_best" else 1.2)
+    ax.set(xlabel="epoch", ylabel="validation accuracy (%)", title="Learning curves: best trial and baselines")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _families(report, trials, path):
+    """Validation accuracy against temperature, one colour per loss family; a completed trial filled, one
+    stopped early (pruned) hollow."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for f, color in zip(report["families"], plt.rcParams["axes.prop_cycle"].by_key()["color"]):
+        mine = [t for t in trials if t["params"].get("loss") == f["loss"] and "temperature" in t["params"]]
+        label = f["loss"]  # on the family's first series only
+        for state, face in ((COMPLETED, color), (PRUNED, "none")):
+            pts = [(t["params"]["temperature"], t["val_acc"]) for t in mine if t["state"] == state]
+            if pts:
+                ax.scatter(*zip(*pts), s=28, facecolors=face, edgecolors=color, label=label)
+                label = None
+    if report["space"]["temperature"].get("type") == "loguniform":
+        _log_x(ax)
+    ax.set(xlabel="temperature", ylabel="validation accuracy (%)",
+           title="Validation accuracy against temperature, by loss family\n(filled: completed, hollow: stopped early)")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _importances(importances, path):
+    """Each hyperparameter's importance (Optuna's evaluator), largest at the top."""
+    names = list(importances)[::-1]
+    fig, ax = plt.subplots(figsize=(6, 0.45 * len(names) + 1.4))
+    ax.barh(names, [importances[n] for n in names], color="tab:blue")
+    ax.set(xlabel="importance (sums to 1)", title="Hyperparameter importances (PED-ANOVA)")
+    return _save(fig, path)
+
+
+def _confirmation(report, path):
+    """Every confirmed model across seeds: each seed a point, the mean a bar, its 95 % t interval a line."""
+    entries = report["confirmation"]["entries"]
+    best = next(r for r in report["rows"] if r["model"] == "kd_best")["trial"]
+    names = [e["model"] + (" (kd_best)" if e["trial"] == best and e["trial"] is not None else "") for e in entries]
+    fig, axes = plt.subplots(1, 2, figsize=(max(7, 1.4 * len(entries) + 2), 4), squeeze=False)
+    for ax, metric, label in zip(axes[0], ("val_accs", "test_accs"), ("validation", "test")):
+        for x, e in enumerate(entries):
+            values = e[metric]
+            ax.scatter([x] * len(values), values, s=18, c="tab:blue" if e["trial"] is not None else "tab:gray")
+            ci = mean_interval(values)
+            if ci:
+                ax.errorbar(x, sum(values) / len(values), yerr=[[sum(values) / len(values) - ci[0]],
+                                                                [ci[1] - sum(values) / len(values)]],
+                            fmt="_", markersize=16, c="k", capsize=4)
+        ax.set_xticks(range(len(entries)), names, rotation=30, ha="right", fontsize=8)
+        ax.set(ylabel=f"{label} accuracy (%)", title=f"{label.capitalize()}, {len(entries[0]['seeds'])} seeds")
+    fig.suptitle("Confirmation: each seed a point, the mean and its 95 % interval")
+    return _save(fig, path)
+
+
+def _log_x(ax):
+    """A log x axis labelled in plain numbers: at 1, 2, 5 x 10^k over a decade or more, at 4 round numbers
+    within one (where a log locator falls back to crowded ticks, or none)."""
+    ax.set_xscale("log")
+    low, high = ax.get_xlim()
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1, 2, 5)) if high / low >= 10
+                               else matplotlib.ticker.MaxNLocator(4))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels overlap
+
+
+def _save(fig, path):
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

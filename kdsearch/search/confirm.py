@@ -1,0 +1,178 @@
+"""The confirmation stage: the best configurations and the CE / KD baselines re-trained on more seeds, in Ray.
+
+A seed changes the initialisation and the batch order; the augmented views and the teacher's logit table stay
+the study's. The study's own seed is never trained twice: its runs are the search's trials and the baselines.
+The baselines' other seeds are stored like the baselines, so a second search of the study trains none of them.
+Test accuracy is measured once per model, at the end of the stage, for the report only; kd_best is the
+confirmed configuration with the best mean validation accuracy.
+"""
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+from kdsearch.core.errors import first_line
+from kdsearch.core.names import CONFIRMED
+from kdsearch.core.progress import progress
+from kdsearch.core.records import COMPLETED
+from kdsearch.engine.loop import evaluate, new_model
+from kdsearch.engine.models import count_params
+from kdsearch.phase.baselines import run_key
+from kdsearch.phase.runs import RunSpec
+from kdsearch.phase.trial import TrialData, kd_trial, load_state
+from kdsearch.study.schema import Recipe
+
+
+@dataclass
+class ConfirmEntry:
+    """One confirmed model: a search trial (its number) or a baseline (trial None), its whole recipe, and its
+    validation and test accuracy per seed, in the order of `seeds`; history: the study seed's run."""
+    model: str
+    trial: Optional[int]
+    config: dict
+    seeds: list
+    val_accs: list
+    test_accs: list
+    history: list = field(default_factory=list)
+
+    def to_json(self):
+        return {k: v for k, v in vars(self).items() if k != "history"}
+
+
+@dataclass
+class Confirmation:
+    entries: list  # ConfirmEntry
+    best: int  # kd_best's index in entries
+    student: object  # kd_best's student of the study's seed (a torch module)
+
+    @property
+    def student_params(self):
+        return count_params(self.student)
+
+
+@dataclass
+class Workers:
+    """Where the confirmation's runs go: Ray workers with the trials' data, resources and concurrency."""
+    data: TrialData
+    resources: dict  # per run: {"cpu", "gpu"}
+    max_concurrent: int
+
+
+def _task(recipe, seed, data):
+    """One confirmation run in a Ray worker: (history, state_dict on the CPU)."""
+    history, model = kd_trial(recipe, data, seed)
+    if history[-1].get("diverged"):
+        raise RuntimeError(f"diverged in epoch {len(history)} (the loss became NaN or infinite)")
+    return history, {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def confirm(ctx, phase, trials, workers, tracker):
+    """Run the stage; return a Confirmation. `phase`: the engine phase (the baselines' Runs); `trials`: the
+    search's Trials, each with its last checkpoint.
+
+    With one seed the stage is off: the entry is the best trial alone, unconfirmed. Entries with the same recipe
+    (the first trial is kd_reference's point) share their new seeds' runs: each is trained once. A run that
+    fails takes its entries out of the confirmation; the search's report still comes.
+    """
+    seeds = [ctx.study.seed + i for i in range(ctx.study.confirm.seeds)]
+    entries, students = _entries(ctx, phase, trials, seeds)
+    served = {}  # (recipe as JSON, seed) -> the entries that run serves: each recipe and seed is trained once
+    for i, e in enumerate(entries):
+        for s in seeds[1:]:
+            served.setdefault((json.dumps(e.config, sort_keys=True), s), []).append(i)
+    results, todo = {}, []  # results: (recipe as JSON, seed) -> (val, test)
+    for job, indices in served.items():
+        recipe = Recipe(**json.loads(job[0]))
+        spec = RunSpec("=".join(entries[i].model for i in indices), recipe, job[1],
+                       run_key(ctx, recipe, job[1], phase.teacher.key))
+        stored = ctx.store.load_run("runs", spec.key)
+        if stored is None:
+            todo.append((job, spec))
+            continue
+        ctx.log(f"confirm: {spec.name} seed {spec.seed}: reusing the stored run (val {stored[1]['val_acc']:.2f}%)")
+        results[job] = stored[1]["val_acc"], stored[1]["test_acc"]
+        tracker.log_confirm_run(spec.name, dataclasses.asdict(recipe), spec.seed, stored[1]["history"],
+                                stored[1]["test_acc"], cached=True)
+    failed = set()
+    for (job, spec), result in _run(todo, workers, ctx.log):
+        if result is None:  # the run raised: its entries leave the confirmation, the search's report stands
+            failed.update(served[job])
+            continue
+        history, state = result
+        model = new_model(ctx.networks, spec.recipe.model, spec.seed, ctx.data.train.x.device)
+        model.load_state_dict(state)
+        # stored as soon as it is done, with its test accuracy (for the report only, never for a choice), so that
+        # a resumed or repeated search trains it no more
+        run = spec.save(ctx.store, model, history, evaluate(model, ctx.data.test, ctx.views), history[-1]["time_s"])
+        results[job] = run.val_acc, run.test_acc
+        tracker.log_confirm_run(spec.name, run.config, spec.seed, history, run.test_acc)
+    for i, student in students.items():  # the study seed's trial students: test accuracy once, now
+        entries[i].test_accs[0] = evaluate(student, ctx.data.test, ctx.views)
+    for e in entries:
+        for s in seeds[1:]:
+            val, test = results.get((json.dumps(e.config, sort_keys=True), s), (None, None))
+            e.seeds.append(s)
+            e.val_accs.append(val)
+            e.test_accs.append(test)
+    keep = [i for i in range(len(entries)) if i not in failed]
+    if not any(entries[i].trial is not None for i in keep):  # every confirmed trial failed: unconfirmed
+        keep = [0]
+        for name in ("seeds", "val_accs", "test_accs"):
+            setattr(entries[0], name, getattr(entries[0], name)[:1])
+    kept = [entries[i] for i in keep]
+    best = max((i for i, e in enumerate(kept) if e.trial is not None), key=lambda i: sum(kept[i].val_accs))
+    return Confirmation(kept, best, students[keep[best]])
+
+
+def _entries(ctx, phase, trials, seeds):
+    """The models to confirm, each with the study seed's result: the top_k completed trials (their students read
+    from their checkpoints; test accuracy measured later), then the CONFIRMED baselines. Returns (entries,
+    {entry index: student}); with one seed, the best trial alone."""
+    done = sorted((t for t in trials if t.state == COMPLETED), key=lambda t: -t.val_acc)
+    base = phase.baselines["kd_reference"].config
+    entries, students = [], {}
+    for t in done[:ctx.study.confirm.top_k if len(seeds) > 1 else 1]:
+        config = {**base, **t.params}
+        student = new_model(ctx.networks, config["model"], seeds[0], ctx.data.train.x.device)
+        student.load_state_dict(load_state(t.checkpoint, ctx.data.train.x.device).model)
+        students[len(entries)] = student
+        entries.append(ConfirmEntry(f"trial_{t.number}", t.number, config, [seeds[0]], [t.val_acc], [None],
+                                    t.history))
+    for name in CONFIRMED if len(seeds) > 1 else ():
+        r = phase.baselines[name]
+        entries.append(ConfirmEntry(name, None, r.config, [seeds[0]], [r.val_acc], [r.test_acc], r.history))
+    return entries, students
+
+
+def _run(jobs, workers, log):
+    """Yield ((job, spec), (history, state_dict) or None when the run raised) as Ray finishes the runs of
+    `jobs` ((job, RunSpec) pairs), at most `workers.max_concurrent` at a time (the search's limit), each with the
+    study's per-trial resources."""
+    if not jobs:
+        return
+    import ray
+    data = ray.put(workers.data)  # its arrays go into the object store once
+    task = ray.remote(_task).options(num_cpus=workers.resources["cpu"], num_gpus=workers.resources["gpu"],
+                                     max_retries=0)
+    queue, pending, start = list(jobs), {}, time.time()
+    with progress(len(jobs), "confirmation", log, unit="runs") as bar:
+        while queue or pending:
+            while queue and len(pending) < workers.max_concurrent:
+                job = queue.pop(0)
+                pending[task.remote(job[1].recipe, job[1].seed, data)] = job
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            job = pending.pop(ready[0])
+            spec = job[1]
+            try:
+                history, state = ray.get(ready[0])
+            except Exception as e:  # a task's error: say which run, go on with the others
+                bar.note(f"confirm: {spec.name} seed {spec.seed} failed ({first_line(str(e))}); it leaves the "
+                         f"confirmation")
+                bar.step("")
+                yield job, None
+                continue
+            status = f"{spec.name} seed {spec.seed}: val {history[-1]['val_acc']:.2f}%"
+            bar.step(f"confirm: {status} ({len(pending) + len(queue)} runs left, {time.time() - start:.0f} s)",
+                     status)
+            yield job, (history, state)
