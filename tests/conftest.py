@@ -71,3 +71,22 @@ def tiny_study(tmp_path):
 def stored(folder):
     """{file: its modification time} of every file in the store: what a command trained or computed, and when."""
     return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+
+
+def plot(path, size, min_colours=100):
+    """The PNG's RGB pixels, once it decodes at `size` (inches, at the report's 90 dpi) and is no blank canvas:
+    text, axes and data give it hundreds of distinct colours."""
+    import matplotlib.image
+    import numpy as np
+    img = matplotlib.image.imread(path)
+    assert img.shape == (round(size[1] * 90), round(size[0] * 90), 4), (path.name, img.shape)
+    rgb = img[..., :3]
+    assert len(np.unique(rgb.reshape(-1, 3), axis=0)) > min_colours, path.name
+    return rgb
+
+
+def pixels(rgb, color):
+    """How many pixels are `color` (a matplotlib colour name), within rounding."""
+    import numpy as np
+    from matplotlib.colors import to_rgb
+    return int((np.abs(rgb - np.array(to_rgb(color))).max(-1) < 0.02).sum())

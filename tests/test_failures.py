@@ -14,6 +14,7 @@ from kdsearch.search.pipeline import trial_data
 from kdsearch.search.searcher import make_searcher
 from kdsearch.search.tune_callback import trial_callback
 from kdsearch.search.tuner import TuneJob, build_tuner, collect_trials
+from kdsearch.study.running import Resources
 from kdsearch.study.schema import Data, Param, Recipe, Search, Study
 from kdsearch.tracking.tracker import open_tracker
 
@@ -32,7 +33,7 @@ def searched(tiny_archive, tmp_path_factory):
     search = Search(num_samples=6, max_concurrent=2, seed=1, max_failures=1)  # seeded: every case below occurs
     tracker = open_tracker(f"sqlite:///{tmp / 'mlflow.db'}", "failures", tmp / "artifacts")
     tracker.start_parent("failures", "id0", __file__, {}, [])
-    resources = {"cpu": 1, "gpu": 0}
+    resources = Resources(cpu=1, gpu=0)
     job = TuneJob(trial_data(ctx, lambda mix: table, resources, "cpu"), dataclasses.asdict(Recipe(batch_size=64)),
                   resources, tmp, 2)
     url = start_ray(None, logs.append)

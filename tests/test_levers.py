@@ -37,13 +37,42 @@ def run(recipe, lesson, epochs=None, resume=None, seed=0):
     return model, history, states
 
 
-@pytest.mark.parametrize("fields", [
-    {"optimizer": "adamw", "weight_decay": 0.05}, {"optimizer": "sgd", "nesterov": True, "lr": 0.05},
-    {"schedule": "onecycle"}, {"schedule": "cosine", "warmup_epochs": 1}, {"ema": 0.9},
-    {"label_smoothing": 0.1}, {"grad_clip": 0.5}])
-def test_each_lever_trains(fields, lesson):
-    _, history, _ = run(Recipe(epochs=3, batch_size=32, **fields), lesson)
+def weights(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def same_weights(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+# each lever, and the same recipe with that lever at its neutral value (or the other optimizer)
+LEVERS = [
+    ({"optimizer": "adamw", "weight_decay": 0.05}, {"optimizer": "adam", "weight_decay": 0.05}),
+    ({"optimizer": "sgd", "nesterov": True, "lr": 0.05}, {"optimizer": "sgd", "nesterov": False, "lr": 0.05}),
+    ({"schedule": "onecycle"}, {}),
+    ({"schedule": "cosine", "warmup_epochs": 1}, {"schedule": "cosine"}),
+    ({"ema": 0.9}, {}),
+    ({"label_smoothing": 0.1}, {}),
+    ({"grad_clip": 0.5}, {}),
+]
+
+
+@pytest.mark.parametrize("fields,neutral", LEVERS)
+def test_each_lever_trains_and_changes_the_run(fields, neutral, lesson):
+    """A run with the lever trains, repeats exactly for the same seed, and ends with other weights than the same
+    run without it: a lever that were ignored would give the neutral run's weights."""
+    recipe = Recipe(epochs=3, batch_size=32, **fields)
+    model, history, _ = run(recipe, lesson)
     assert len(history) == 3 and all(math.isfinite(h["train_loss"]) and h["val_acc"] is not None for h in history)
+    again, _, _ = run(recipe, lesson)
+    assert same_weights(weights(model), weights(again))  # deterministic: a difference below is the lever's
+    plain, plain_history, _ = run(Recipe(epochs=3, batch_size=32, **neutral), lesson)
+    assert not same_weights(weights(model), weights(plain)), fields
+    losses, plain_losses = [h["train_loss"] for h in history], [h["train_loss"] for h in plain_history]
+    if "ema" in fields:  # the average trains nothing: the running weights step as without it, the kept model differs
+        assert losses == plain_losses
+    else:
+        assert losses != plain_losses, fields
 
 
 def test_the_optimizers_are_the_ones_named():

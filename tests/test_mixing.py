@@ -89,7 +89,7 @@ def test_partners_weights_and_shares_follow_the_settings(mix):
 def test_the_table_holds_the_teacher_on_exactly_the_mixed_views(data, tmp_path):
     teacher = new_model(NETS, "teacher", 1, CPU).eval()
     study = Study(name="t", seed=5)
-    ctx = StudyContext(study, data, Store(tmp_path), CPU, Views(5), NETS, lambda m: None)
+    ctx = StudyContext(study, data, Store(tmp_path), Views(5), NETS, lambda m: None)
     table = logit_table(ctx, teacher, "t", 2, "cutmix")
     plain = logit_table(ctx, teacher, "t", 2)
     idx = torch.randperm(len(data.train))[:50]  # another batch, in another order than the table's
@@ -114,10 +114,19 @@ def test_the_hard_term_reads_the_mixed_labels():
     by_hand = (w * F.cross_entropy(logits, labels.own, reduction="none")
                + (1 - w) * F.cross_entropy(logits, labels.partner, reduction="none")).mean()
     torch.testing.assert_close(loss, by_hand)
-    smoothed, _ = make_loss(Recipe(loss="kd", label_smoothing=0.1))(logits, probs, torch.randn(6, 10))
-    assert math.isfinite(smoothed)
-    dkd, _ = make_loss(Recipe(loss="dkd"))(logits, probs, torch.randn(6, 10))  # its target: the heavier label
-    assert math.isfinite(dkd)
+    teacher = torch.randn(6, 10, generator=torch.Generator().manual_seed(3))
+    eps = 0.1  # smoothing spreads eps over the classes of the mixed target: (1 - eps) * probs + eps / classes
+    _, parts = make_loss(Recipe(loss="kd", label_smoothing=eps))(logits, probs, teacher)
+    target = (1 - eps) * probs + eps / 10
+    torch.testing.assert_close(parts["hard"], -(target * F.log_softmax(logits, 1)).sum(1).mean())
+    # DKD's target class is each view's heavier label (own at weight >= 0.5, the lower index at a tie of 0.5)
+    heavier = torch.tensor([0, 1, 2, 6, 4, 5])
+    _, mixed = make_loss(Recipe(loss="dkd"))(logits, probs, teacher)
+    _, plain = make_loss(Recipe(loss="dkd"))(logits, heavier, teacher)
+    torch.testing.assert_close(mixed["hard"], by_hand)
+    torch.testing.assert_close((mixed["tckd"], mixed["nckd"]), (plain["tckd"], plain["nckd"]))
+    _, own = make_loss(Recipe(loss="dkd"))(logits, labels.own, teacher)
+    assert not torch.allclose(mixed["tckd"], own["tckd"])  # not the own labels: view 3's heavier label is its partner
 
 
 def test_views_repeat_every_period_and_the_table_stays_that_long(data, tmp_path):
@@ -128,13 +137,17 @@ def test_views_repeat_every_period_and_the_table_stays_that_long(data, tmp_path)
     assert not torch.equal(augmented_views(x, idx, views, 2), augmented_views(x, idx, views, 1))
     assert views.table_epochs(400) == 3 and Views(1).table_epochs(400) == 400
     teacher = new_model(NETS, "teacher", 1, CPU).eval()
-    ctx = StudyContext(Study(name="t", seed=1), data, Store(tmp_path), CPU, Views(1, period=2), NETS, lambda m: None)
+    ctx = StudyContext(Study(name="t", seed=1), data, Store(tmp_path), Views(1, period=2), NETS, lambda m: None)
     table = logit_table(ctx, teacher, "t", 5, "mixup")
     assert table.shape == (2, len(data.train), 10)  # 2 rows serve 5 epochs
     lesson = Lesson(data.train, ctx.views_of("mixup"), data.val, table)
-    history = train(new_model(NETS, "student", 0, CPU), Recipe(loss="kd", mix="mixup", epochs=5, batch_size=64),
-                    lesson, seed=0)
+    recipe = Recipe(loss="kd", mix="mixup", epochs=5, batch_size=64)
+    history = train(new_model(NETS, "student", 0, CPU), recipe, lesson, seed=0)
     assert len(history) == 5 and all(math.isfinite(h["train_loss"]) for h in history)
+    # the same run on the unmixed views (the same table, period and seed): mixing changed what it trained on
+    plain = train(new_model(NETS, "student", 0, CPU), dataclasses.replace(recipe, epochs=2),
+                  dataclasses.replace(lesson, views=Views(1, period=2)), seed=0)
+    assert all(a["train_loss"] != b["train_loss"] for a, b in zip(history, plain))
     with pytest.raises(ValueError, match="teacher logits for every epoch"):
         train(new_model(NETS, "student", 0, CPU), Recipe(loss="kd", epochs=3), Lesson(data.train, Views(1),
               data.val, table), seed=0)  # without the period, 3 epochs need 3 rows

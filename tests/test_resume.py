@@ -155,9 +155,10 @@ def test_the_killed_trial_went_on_from_its_checkpoint_as_if_never_stopped(resume
     results = resumed[0]
     report = json.loads((results / "tiny" / "report.json").read_text())
     first = next(t for t in report["trials"] if t["number"] == 0)
-    # Tune's last snapshot before the kill holds the checkpoint of epoch 1 or 2: it went on from there (and
-    # perhaps again after the Ctrl-C)
-    assert first["restarts"] and first["restarts"][0] in (1, 2), first
+    # Tune's last snapshot before the kill holds the checkpoint of an epoch before its last (1 or 2 mostly; 3
+    # when the kill, at the trial's first line, comes late on a busy machine): it went on from there, neither
+    # from scratch nor done (and perhaps again after the Ctrl-C)
+    assert first["restarts"] and 1 <= first["restarts"][0] < 4, first
     # the first trial trains kd_reference's recipe with the study's seed: the same run as the baseline
     reference = next(r for r in report["rows"] if r["model"] == "kd_reference")
     assert [h["epoch"] for h in first["history"]] == [1, 2, 3, 4]

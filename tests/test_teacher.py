@@ -21,7 +21,7 @@ def context(data, store, study=None, seed=0, log=lambda m: None):
     """A study's context around `data`: `study` (default: a bare study with `seed`), `store`, the CPU, the
     notebook's networks and views."""
     study = study or Study(name="t", seed=seed)
-    return StudyContext(study, data, store, torch.device("cpu"), Views(study.seed), NETS, log)
+    return StudyContext(study, data, store, Views(study.seed), NETS, log)
 
 
 @pytest.fixture(scope="module")
@@ -141,16 +141,19 @@ def test_runs_stored_with_the_old_row_keys_load_with_the_new_ones(tmp_path):
     """A cache written before rows said model/config (name/recipe) is still used, not retrained."""
     store = Store(tmp_path)
     model = new_model(NETS, "student", 0, torch.device("cpu"))
-    store.save_run("runs", "k", model, {"name": "student_ce", "recipe": {"loss": "ce"}, "val_acc": 1.0})
-    _, info = store.load_run("runs", "k")
-    assert info["model"] == "student_ce" and info["config"] == {"loss": "ce"} and "name" not in info
+    store.save_run("runs", "k", model, {"name": "student_ce", "key": "k", "params": 1, "val_acc": 1.0,
+                                        "test_acc": 2.0, "train_s": 3.0, "history": [], "recipe": {"loss": "ce"}})
+    run = store.load_run("runs", "k").run
+    assert run.model == "student_ce" and run.config == {"loss": "ce"} and run.cached
 
 
 def test_a_damaged_cache_entry_is_named_and_recomputed(data, tmp_path):
     logs = []
     store = Store(tmp_path, logs.append)
     model = new_model(NETS, "student", 0, torch.device("cpu"))
-    store.save_run("runs", "k", model, {"model": "student_ce", "val_acc": 1.0})
+    store.save_run("runs", "k", model, {"model": "student_ce", "key": "k", "params": 1, "val_acc": 1.0,
+                                        "test_acc": 2.0, "train_s": 3.0, "history": [], "config": {}})
+    assert store.load_run("runs", "k").run.val_acc == 1.0  # sound, until damaged
     pt = tmp_path / "runs" / "k.pt"
     pt.write_bytes(pt.read_bytes()[:1000])  # a run truncated by a full disk or a copy cut short
     assert store.load_run("runs", "k") is None
@@ -162,3 +165,19 @@ def test_a_damaged_cache_entry_is_named_and_recomputed(data, tmp_path):
     table_file.write_bytes(table_file.read_bytes()[:-100])
     again = logit_table(context(data, store, seed=5, log=logs.append), teacher, "t", 1)
     assert torch.equal(again, table) and any(f"cache: {table_file} is damaged" in m for m in logs), logs
+
+
+def test_a_table_serves_a_shorter_one_and_is_extended_for_a_longer_one(data, tmp_path):
+    """`kdsearch train` computes the rows its recipe reads; a search's longer table then adds only the rows
+    missing, and every table equals one computed whole (a row depends on seed, epoch and image alone)."""
+    teacher = new_model(NETS, "teacher", 1, torch.device("cpu")).eval()
+    logs = []
+    ctx = context(data, Store(tmp_path / "a"), seed=5, log=logs.append)
+    two = logit_table(ctx, teacher, "t", 2)
+    four = logit_table(ctx, teacher, "t", 4)  # two rows computed, after the two stored
+    three = logit_table(ctx, teacher, "t", 3)  # served by the four: nothing computed
+    computed = [m for m in logs if m.startswith("teacher logits: ")]
+    assert [m.split(" views")[0] for m in computed] == [f"teacher logits: 2 epochs x {len(data.train)}"] * 2
+    assert computed[1].endswith("after the 2 stored")
+    whole = logit_table(context(data, Store(tmp_path / "b"), seed=5), teacher, "t", 4)
+    assert torch.equal(four, whole) and torch.equal(two, whole[:2]) and torch.equal(three, whole[:3])

@@ -43,7 +43,7 @@ class Views:
     flip: bool = True
     mean: tuple = MEAN
     std: tuple = STD
-    mix: Optional[Mix] = None  # a recipe's mixup or CutMix (config.Recipe.mix, settings from the study's augment)
+    mix: Optional[Mix] = None  # a recipe's mixup or CutMix (schema.Recipe.mix, settings from the study's augment)
     period: Optional[int] = None  # epoch e shows epoch e % period's views; None: every epoch its own
 
     @property

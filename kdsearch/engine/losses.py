@@ -1,7 +1,7 @@
 """The training losses: a flat registry, each loss built once per run with its hyperparameters.
 
 `LOSSES[name]` holds a loss's facts: its builder, the optional recipe values it takes (beta, gamma) with their
-defaults, and whether it reads the teacher's logits. The study file's rules (config.py) are read from them, so a
+defaults, and whether it reads the teacher's logits. The study file's rules (schema.py) are read from them, so a
 loss added here is known everywhere. `make_loss(recipe)` builds `recipe.loss` with the recipe's values (a null
 optional value gets the loss's default) and returns `fn(student_logits, labels, teacher_logits) -> (loss, parts)`,
 where `parts` maps each term of the loss to its detached value, unweighted, so that a run can log how its terms
@@ -18,8 +18,7 @@ import torch.nn.functional as F
 @dataclass(frozen=True)
 class Loss:
     """A registered loss: build(recipe, **takes) -> fn, where `takes` maps each optional recipe value the loss
-    takes (beta, gamma) to its default, used when the recipe's value is null."""
-    name: str
+    takes (beta, gamma) to its default, used when the recipe's value is null. Its name is its key in LOSSES."""
     build: Callable
     takes: dict = field(default_factory=dict)
     needs_teacher: bool = False  # reads the teacher's logits: a distillation loss
@@ -31,7 +30,7 @@ LOSSES = {}  # name -> Loss, in registration order
 def register(name, needs_teacher=False, **takes):
     """Register the decorated builder as loss `name`, taking the optional recipe values `takes` (name=default)."""
     def add(build):
-        LOSSES[name] = Loss(name, build, takes, needs_teacher)
+        LOSSES[name] = Loss(build, takes, needs_teacher)
         return build
     return add
 

@@ -1,5 +1,5 @@
 """A study's context, made once and passed down: its validated study file, its data on the device, its store
-of models and tensors, the device, its views and networks, and where progress lines go."""
+of models and tensors, its views and networks, and where progress lines go."""
 import dataclasses
 import time
 from dataclasses import dataclass
@@ -25,7 +25,6 @@ class StudyContext:
     study: Study
     data: StudyData
     store: Store
-    device: torch.device
     views: Views  # how every image is seen: crop, flip, normalisation, the study's seed
     networks: Networks  # the teacher and student, for the data's classes and size
     log: Callable[[str], None] = log_stderr
@@ -75,7 +74,7 @@ def open_study(study, study_file, results, device, log=log_stderr, nets=None):
         f"{data.image_size[0]}x{data.image_size[1]}, {len(data.classes)} classes (loaded in {load_s:.1f} s), on "
         f"{device}, {threads} CPU threads; networks: teacher {networks.teacher.spec!r}, student "
         f"{networks.student.spec!r}")
-    return StudyContext(study, data, store, device, views, networks, log)
+    return StudyContext(study, data, store, views, networks, log)
 
 
 def resolve_networks(study, study_file):

@@ -1,9 +1,8 @@
-"""One model trained by a recipe, or read back from the store when the same run was done before, and its
-record."""
+"""One model trained by a recipe (a RunSpec), or read back from the store when the same run was done before;
+its record is core.records.Run."""
 import dataclasses
 import time
-from dataclasses import dataclass, field
-from typing import Optional
+from dataclasses import dataclass
 
 from kdsearch.core.errors import UserError
 from kdsearch.core.progress import progress
@@ -14,7 +13,7 @@ from kdsearch.engine.models import count_params
 
 @dataclass(frozen=True)
 class RunSpec:
-    """A run to make: its name, recipe (config.Recipe), seed (initialisation and batch order) and store key."""
+    """A run to make: its name, recipe (schema.Recipe), seed (initialisation and batch order) and store key."""
     name: str
     recipe: object
     seed: int
@@ -38,9 +37,9 @@ def train_or_load(ctx, spec, make_table=None):
     model = new_model(ctx.networks, recipe.model, spec.seed, data.train.x.device)
     stored = ctx.store.load_run(spec.kind, spec.key)
     if stored is not None:
-        model.load_state_dict(stored[0])
-        log(f"{spec.name}: reusing the stored run {spec.kind}/{spec.key} (val {stored[1]['val_acc']:.2f}%)")
-        return model, Run.from_json(stored[1], cached=True)
+        model.load_state_dict(stored.state)
+        log(f"{spec.name}: reusing the stored run {spec.kind}/{spec.key} (val {stored.run.val_acc:.2f}%)")
+        return model, stored.run
     log(f"{spec.name}: training {recipe.model} with {recipe.loss} for {recipe.epochs} epochs on {len(data.train)} "
         f"images")
 

@@ -9,11 +9,13 @@ are renamed into place: an interrupted run leaves nothing half-written.
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from kdsearch.core.errors import first_line
+from kdsearch.core.records import Run
 from kdsearch.core.log import log_stderr
 
 ENGINE_VERSION = "2"  # bump when a change to training makes old cached models wrong
@@ -34,6 +36,13 @@ def _atomic(path, write):
         tmp.unlink(missing_ok=True)
 
 
+@dataclass(frozen=True)
+class StoredRun:
+    """A run read back from the store: its model's state_dict (on the CPU) and its record."""
+    state: dict
+    run: Run
+
+
 class Store:
     def __init__(self, root, log=log_stderr):
         self.root, self.log = Path(root), log
@@ -43,7 +52,7 @@ class Store:
         return d / f"{key}.pt", d / f"{key}.json"
 
     def load_run(self, kind, key):
-        """(state_dict, info) of a stored run, or None (also for a damaged entry, which is then recomputed)."""
+        """The StoredRun of `key`, or None (also for a damaged entry, which is then recomputed)."""
         pt, js = self._paths(kind, key)
         if not (pt.exists() and js.exists()):
             return None
@@ -52,7 +61,7 @@ class Store:
             for old, new in (("name", "model"), ("recipe", "config")):  # rows stored before 0.1.1: old keys
                 if old in info:
                     info[new] = info.pop(old)
-            return self._load(pt), info
+            return StoredRun(self._load(pt), Run.from_json(info, cached=True))
         except Exception as e:  # a truncated or overwritten file fails in many ways; all mean the same
             return self._damaged(pt, js, e)
 
@@ -82,6 +91,18 @@ class Store:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         _atomic(pt, lambda p: torch.save(state, p))
         _atomic(js, lambda p: p.write_text(json.dumps(info, indent=1)))  # written last: marks the run complete
+
+    def rows(self, kind, views_key):
+        """The row counts of the tables of `views_key` stored so far (add_rows), for a table that serves another."""
+        path = self.root / kind / f"{views_key}.rows.json"
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):  # none yet, or damaged: the tables are then computed, as before
+            return []
+
+    def add_rows(self, kind, views_key, rows):
+        stored = sorted({*self.rows(kind, views_key), rows})
+        _atomic(self.root / kind / f"{views_key}.rows.json", lambda p: p.write_text(json.dumps(stored)))
 
     def save_tensor(self, kind, key, tensor):
         _atomic(self.root / kind / f"{key}.pt", lambda p: torch.save(tensor.cpu(), p))

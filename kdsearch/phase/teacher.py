@@ -43,7 +43,7 @@ def get_teacher(ctx):
         key = make_key("checkpoint", digest, ctx.networks.teacher.key, data.key, ctx.views_of("none", repeat=False).key)
         stored = store.load_run("teacher", key)
         if stored is not None:
-            return model, Run.from_json(stored[1], cached=True)
+            return model, stored.run
         run = Run(model="teacher", key=key, params=count_params(model), val_acc=evaluate(model, data.val, ctx.views),
                   test_acc=evaluate(model, data.test, ctx.views), train_s=0.0, history=[],
                   config={"checkpoint": str(path)}, cached=True)  # used as given: nothing trained
@@ -72,20 +72,42 @@ def logit_mixes(study):
 def logit_table(ctx, teacher, teacher_key, epochs, mix="none"):
     """(rows, N_train, classes) float32 teacher logits of every augmented view (mixed by `mix`) of runs of up to
     `epochs` epochs, on the data's device: rows = epochs, or augment.period when shorter. Computed once and
-    stored."""
+    stored. Row e depends on (seed, epoch e, image) alone, so a stored longer table of the same views serves a
+    shorter one (its first rows), and a stored shorter one is extended by the rows it lacks."""
     data, views = ctx.data, ctx.views_of(mix)
     rows = views.table_epochs(epochs)
+    views_key = make_key("logits", teacher_key, data.key, views.key)  # the same views, any length
     key = make_key("logits", teacher_key, data.key, views.key, rows)
     table = ctx.store.load_tensor("logits", key)
     if table is None:
-        start, name = time.perf_counter(), "teacher logits" + ("" if mix == "none" else f" ({mix})")
-        with progress(rows, name, ctx.log) as bar:
-            epochs = []
-            for e in range(rows):
-                epochs.append(predict(teacher, data.train.x, lambda idx: augmented_views(data.train.x, idx, views, e)))
-                bar.step("")  # a bar on a terminal; elsewhere the one line below
-        table = torch.stack(epochs)
+        table = _longest_stored(ctx.store, teacher_key, data, views, views_key)
+        if table is not None and len(table) >= rows:
+            return table[:rows].clone().to(data.train.x.device)
+        table = _extend(ctx, teacher, views, table, rows)
         ctx.store.save_tensor("logits", key, table)
-        ctx.log(f"{name}: {rows} epochs x {len(data.train)} views ({table.nbytes / 2 ** 20:.1f} MiB) in "
-                f"{time.perf_counter() - start:.0f} s")
+        ctx.store.add_rows("logits", views_key, rows)
     return table.to(data.train.x.device)
+
+
+def _longest_stored(store, teacher_key, data, views, views_key):
+    """The longest table of these views the store holds, or None."""
+    for rows in sorted(store.rows("logits", views_key), reverse=True):
+        table = store.load_tensor("logits", make_key("logits", teacher_key, data.key, views.key, rows))
+        if table is not None:
+            return table
+    return None
+
+
+def _extend(ctx, teacher, views, table, rows):
+    """`table` (None: empty) with the rows up to `rows` computed: the teacher on each epoch's views."""
+    data, have = ctx.data, 0 if table is None else len(table)
+    start, name = time.perf_counter(), "teacher logits" + ("" if views.mix is None else f" ({views.mix.kind})")
+    with progress(rows - have, name, ctx.log) as bar:
+        epochs = [] if table is None else [table]
+        for e in range(have, rows):
+            epochs.append(predict(teacher, data.train.x, lambda idx: augmented_views(data.train.x, idx, views, e))[None])
+            bar.step("")  # a bar on a terminal; elsewhere the one line below
+    table = torch.cat([t.to(data.train.x.device) for t in epochs])
+    ctx.log(f"{name}: {rows - have} epochs x {len(data.train)} views ({table.nbytes / 2 ** 20:.1f} MiB) in "
+            f"{time.perf_counter() - start:.0f} s" + (f", after the {have} stored" if have else ""))
+    return table

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from kdsearch.engine.losses import NEEDS_TEACHER
 from kdsearch.phase.baselines import lazy_table, run_key
 from kdsearch.phase.runs import RunSpec, train_or_load
-from kdsearch.phase.teacher import get_teacher, logit_epochs
+from kdsearch.phase.teacher import get_teacher
 from kdsearch.study.schema import parse_recipe
 
 
@@ -34,10 +34,11 @@ def train_recipe(ctx, label, recipe, seeds):
     """Train (or read back) `recipe` on each seed of `seeds` in the study `ctx`; returns a Trained. The views
     and the logit table stay the study seed's; a seed changes the initialisation and the batch order."""
     table, teacher_key = None, None
-    if recipe.loss in NEEDS_TEACHER:  # the study's table, or a longer one for a longer recipe; else no teacher
+    if recipe.loss in NEEDS_TEACHER:  # else no teacher
         teacher, teacher_run = get_teacher(ctx)
         teacher_key = teacher_run.key
-        table = lazy_table(ctx, teacher, teacher_key, max(logit_epochs(ctx.study), recipe.epochs))
+        # the rows this recipe reads: a stored longer table serves them, and a later search extends this one
+        table = lazy_table(ctx, teacher, teacher_key, recipe.epochs)
     runs = []
     for seed in seeds:
         spec = RunSpec(label, recipe, seed, run_key(ctx, recipe, seed, teacher_key))

@@ -1,13 +1,13 @@
-"""One search trial (or confirmation run) as a plain function call, its record, and the rule for how it ended.
+"""One search trial (or confirmation run) as a plain function call (`run_trial`), its data and its checkpoint.
+Its record and the rule for how it ended are core.records' (no torch: the report and the searcher read them).
 
-A trial is a KD training of the student by a recipe (kd_reference's, with the searched values), each epoch
+A trial is a training of the student by a recipe (kd_reference's, with the searched values), each epoch
 handed to a report callback; a confirmation run is the same with another seed. No Ray here: tuner.py and
 confirm.py call it in Ray's workers."""
 import os
 import time
 import warnings
-from dataclasses import dataclass, field
-from typing import Optional
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -51,13 +51,13 @@ def load_state(folder, device="cpu"):
     return RunState(**torch.load(os.path.join(folder, CHECKPOINT), map_location=device, weights_only=True))
 
 
-def kd_trial(recipe, data, seed, report=None, resume=None):
-    """Train a model by `recipe` (a config.Recipe) on `data` (TrialData); return (history, model).
+def run_trial(recipe, data, seed, report=None, resume=None):
+    """Train a model by `recipe` (a schema.Recipe) on `data` (TrialData); return (history, model).
 
     seed: initialisation and batch order (the views stay the study's). report(metrics, state) is called
     after every epoch; metrics are the engine's plus `epochs` (what the recipe asked for: see `trial_state`),
     `train_start` and `wall` (time.time(), for the search's timings); state() is the run's whole state
-    (engine.train), and `resume` such a state to go on from.
+    (loop.train), and `resume` such a state to go on from.
     """
     set_threads(data.threads)
     device = torch.device(data.device)

@@ -24,11 +24,11 @@ class ReportMeta:
     """What a search's report says besides its models and trials."""
     study: str  # the study's name
     name: str  # the search's name (its folder)
-    space: dict  # {name: config.Param}
+    space: dict  # {name: schema.Param}
     importances: dict  # importance.py's figures
     mlflow: dict  # the tracker's info
     dashboard: str
-    networks: dict  # search.networks_info: the specs, parameter counts, image size, whether the notebook compares
+    networks: dict  # pipeline.networks_info: the specs, parameter counts, image size, whether the notebook compares
 
 
 def build(meta, rows, confirmation, trials):

@@ -86,7 +86,7 @@ def _curves(report, path):
     for name, history in curves:
         if history:
             ax.plot([h["epoch"] for h in history], [h["val_acc"] for h in history], label=name,
-                    lw=2.5 if name == "kd_best" else 1.2)
+                    lw=2.5 if name == "kd_best" else 1.2, marker="o" if len(history) == 1 else None)  # else unseen
     ax.set(xlabel="epoch", ylabel="validation accuracy (%)", title="Learning curves: best trial and baselines")
     ax.legend(fontsize=8)
     return _save(fig, path)

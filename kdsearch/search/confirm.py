@@ -7,7 +7,6 @@ Test accuracy is measured once per model, at the end of the stage, for the repor
 confirmed configuration with the best mean validation accuracy.
 """
 import dataclasses
-import json
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -20,7 +19,8 @@ from kdsearch.engine.loop import evaluate, new_model
 from kdsearch.engine.models import count_params
 from kdsearch.phase.baselines import run_key
 from kdsearch.phase.runs import RunSpec
-from kdsearch.phase.trial import TrialData, kd_trial, load_state
+from kdsearch.phase.trial import TrialData, run_trial, load_state
+from kdsearch.study.running import Resources
 from kdsearch.study.schema import Recipe
 
 
@@ -55,13 +55,13 @@ class Confirmation:
 class Workers:
     """Where the confirmation's runs go: Ray workers with the trials' data, resources and concurrency."""
     data: TrialData
-    resources: dict  # per run: {"cpu", "gpu"}
+    resources: Resources  # per run, its GPU share resolved
     max_concurrent: int
 
 
 def _task(recipe, seed, data):
     """One confirmation run in a Ray worker: (history, state_dict on the CPU)."""
-    history, model = kd_trial(recipe, data, seed)
+    history, model = run_trial(recipe, data, seed)
     if history[-1].get("diverged"):
         raise RuntimeError(f"diverged in epoch {len(history)} (the loss became NaN or infinite)")
     return history, {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -77,27 +77,27 @@ def confirm(ctx, phase, trials, workers, tracker):
     """
     seeds = [ctx.study.seed + i for i in range(ctx.study.confirm.seeds)]
     entries, students = _entries(ctx, phase, trials, seeds)
-    served = {}  # (recipe as JSON, seed) -> the entries that run serves: each recipe and seed is trained once
+    key_of, served = {}, {}  # (entry, seed) -> its run's store key; key -> (recipe, seed, the entries it serves)
     for i, e in enumerate(entries):
-        for s in seeds[1:]:
-            served.setdefault((json.dumps(e.config, sort_keys=True), s), []).append(i)
-    results, todo = {}, []  # results: (recipe as JSON, seed) -> (val, test)
-    for job, indices in served.items():
-        recipe = Recipe(**json.loads(job[0]))
-        spec = RunSpec("=".join(entries[i].model for i in indices), recipe, job[1],
-                       run_key(ctx, recipe, job[1], phase.teacher.key))
-        stored = ctx.store.load_run("runs", spec.key)
+        recipe = Recipe(**e.config)
+        for s in seeds[1:]:  # entries of one recipe share a run: each recipe and seed is trained once
+            key_of[i, s] = run_key(ctx, recipe, s, phase.teacher.key)
+            served.setdefault(key_of[i, s], (recipe, s, []))[2].append(i)
+    results, todo = {}, []  # results: store key -> (val, test)
+    for key, (recipe, seed, indices) in served.items():
+        spec = RunSpec("=".join(entries[i].model for i in indices), recipe, seed, key)
+        stored = ctx.store.load_run("runs", key)
         if stored is None:
-            todo.append((job, spec))
+            todo.append(spec)
             continue
-        ctx.log(f"confirm: {spec.name} seed {spec.seed}: reusing the stored run (val {stored[1]['val_acc']:.2f}%)")
-        results[job] = stored[1]["val_acc"], stored[1]["test_acc"]
-        tracker.log_confirm_run(spec.name, dataclasses.asdict(recipe), spec.seed, stored[1]["history"],
-                                stored[1]["test_acc"], cached=True)
+        run = stored.run
+        ctx.log(f"confirm: {spec.name} seed {seed}: reusing the stored run (val {run.val_acc:.2f}%)")
+        results[key] = run.val_acc, run.test_acc
+        tracker.log_confirm_run(spec.name, dataclasses.asdict(recipe), seed, run.history, run.test_acc, cached=True)
     failed = set()
-    for (job, spec), result in _run(todo, workers, ctx.log):
+    for spec, result in _run(todo, workers, ctx.log):
         if result is None:  # the run raised: its entries leave the confirmation, the search's report stands
-            failed.update(served[job])
+            failed.update(served[spec.key][2])
             continue
         history, state = result
         model = new_model(ctx.networks, spec.recipe.model, spec.seed, ctx.data.train.x.device)
@@ -105,13 +105,13 @@ def confirm(ctx, phase, trials, workers, tracker):
         # stored as soon as it is done, with its test accuracy (for the report only, never for a choice), so that
         # a resumed or repeated search trains it no more
         run = spec.save(ctx.store, model, history, evaluate(model, ctx.data.test, ctx.views), history[-1]["time_s"])
-        results[job] = run.val_acc, run.test_acc
+        results[spec.key] = run.val_acc, run.test_acc
         tracker.log_confirm_run(spec.name, run.config, spec.seed, history, run.test_acc)
     for i, student in students.items():  # the study seed's trial students: test accuracy once, now
         entries[i].test_accs[0] = evaluate(student, ctx.data.test, ctx.views)
-    for e in entries:
+    for i, e in enumerate(entries):
         for s in seeds[1:]:
-            val, test = results.get((json.dumps(e.config, sort_keys=True), s), (None, None))
+            val, test = results.get(key_of[i, s], (None, None))
             e.seeds.append(s)
             e.val_accs.append(val)
             e.test_accs.append(test)
@@ -145,34 +145,33 @@ def _entries(ctx, phase, trials, seeds):
     return entries, students
 
 
-def _run(jobs, workers, log):
-    """Yield ((job, spec), (history, state_dict) or None when the run raised) as Ray finishes the runs of
-    `jobs` ((job, RunSpec) pairs), at most `workers.max_concurrent` at a time (the search's limit), each with the
+def _run(specs, workers, log):
+    """Yield (spec, (history, state_dict) or None when the run raised) as Ray finishes the runs of `specs`
+    (RunSpecs), at most `workers.max_concurrent` at a time (the search's limit), each with the
     study's per-trial resources."""
-    if not jobs:
+    if not specs:
         return
     import ray
     data = ray.put(workers.data)  # its arrays go into the object store once
-    task = ray.remote(_task).options(num_cpus=workers.resources["cpu"], num_gpus=workers.resources["gpu"],
+    task = ray.remote(_task).options(num_cpus=workers.resources.cpu, num_gpus=workers.resources.gpu,
                                      max_retries=0)
-    queue, pending, start = list(jobs), {}, time.time()
-    with progress(len(jobs), "confirmation", log, unit="runs") as bar:
+    queue, pending, start = list(specs), {}, time.time()
+    with progress(len(specs), "confirmation", log, unit="runs") as bar:
         while queue or pending:
             while queue and len(pending) < workers.max_concurrent:
-                job = queue.pop(0)
-                pending[task.remote(job[1].recipe, job[1].seed, data)] = job
+                spec = queue.pop(0)
+                pending[task.remote(spec.recipe, spec.seed, data)] = spec
             ready, _ = ray.wait(list(pending), num_returns=1)
-            job = pending.pop(ready[0])
-            spec = job[1]
+            spec = pending.pop(ready[0])
             try:
                 history, state = ray.get(ready[0])
             except Exception as e:  # a task's error: say which run, go on with the others
                 bar.note(f"confirm: {spec.name} seed {spec.seed} failed ({first_line(str(e))}); it leaves the "
                          f"confirmation")
                 bar.step("")
-                yield job, None
+                yield spec, None
                 continue
             status = f"{spec.name} seed {spec.seed}: val {history[-1]['val_acc']:.2f}%"
             bar.step(f"confirm: {status} ({len(pending) + len(queue)} runs left, {time.time() - start:.0f} s)",
                      status)
-            yield job, (history, state)
+            yield spec, (history, state)

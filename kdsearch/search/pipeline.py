@@ -1,7 +1,7 @@
 """The search pipeline, one call per stage (`run_search`).
 
-Checks, Ray, the engine phase, the search, the trials, the confirmation over seeds, the report. The trials are kd_trial
-(trial.py) under Tune (tuner.py); MLflow is tracking.py's."""
+Checks, Ray, the engine phase, the search, the trials, the confirmation over seeds, the report. The trials are run_trial
+(trial.py) under Tune (tuner.py); MLflow is tracker.py's."""
 import contextlib
 import dataclasses
 import json
@@ -172,8 +172,8 @@ def check_writable(results):
 
 
 def trial_resources(resources, max_concurrent, device, file, address):
-    """({"cpu", "gpu"} per trial, the trials' device). On a local Ray they are checked against this machine:
-    Tune would otherwise wait forever for resources that do not exist."""
+    """(the running.Resources of one trial, its GPU share resolved; the trials' device). On a local Ray they
+    are checked against this machine: Tune would otherwise wait forever for resources that do not exist."""
     on_gpu = device.type == "cuda"
     gpus = resources.gpu if resources.gpu is not None else (1 / max_concurrent if on_gpu else 0.0)
     if gpus > 1 and gpus != int(gpus):
@@ -185,7 +185,7 @@ def trial_resources(resources, max_concurrent, device, file, address):
     if address is None and resources.cpu > (os.cpu_count() or 1):
         raise UserError(f"{file}: resources.cpu is {resources.cpu} but this machine has {os.cpu_count()} cores; "
                         f"fix: lower resources.cpu in {file}")
-    return {"cpu": resources.cpu, "gpu": gpus}, ("cuda" if gpus > 0 else "cpu")
+    return dataclasses.replace(resources, gpu=gpus), ("cuda" if gpus > 0 else "cpu")
 
 
 def trial_data(ctx, table, resources, device):
@@ -197,7 +197,7 @@ def trial_data(ctx, table, resources, device):
 
     (tx, ty), (vx, vy) = nhwc(ctx.data.train), nhwc(ctx.data.val)
     return TrialData(tx, ty, vx, vy, {m: table(m).cpu().numpy() for m in logit_mixes(ctx.study)}, ctx.networks,
-                     {m: ctx.views_of(m) for m in MIXES}, device, max(1, int(resources["cpu"])))
+                     {m: ctx.views_of(m) for m in MIXES}, device, max(1, int(resources.cpu)))
 
 
 def networks_info(ctx, phase):

@@ -11,26 +11,28 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kdsearch.core.errors import first_line
+from kdsearch.core.names import METRIC, MODE
 from kdsearch.core.records import Trial, curve_names, trial_state
-from kdsearch.phase.trial import TrialData, kd_trial, load_state, save_state
+from kdsearch.phase.trial import TrialData, run_trial, load_state, save_state
 from kdsearch.search.searcher import NUMBER
+from kdsearch.study.running import Resources
 from kdsearch.study.schema import Recipe
 
 
 @dataclass
 class TuneJob:
     """What the Tuner runs and where: the trials' data (into the object store once), kd_reference's recipe as a
-    dict (every trial's base), the resources of one trial ({"cpu", "gpu"}), the search's folder (Tune writes
-    <folder>/ray) and the longest a trial can run (ASHA's last rung)."""
+    dict (every trial's base), the resources of one trial (running.Resources, its GPU share resolved), the
+    search's folder (Tune writes <folder>/ray) and the longest a trial can run (ASHA's last rung)."""
     data: TrialData
     base: dict
-    resources: dict
+    resources: Resources
     folder: Path
     max_epochs: int
 
 
 def tune_trial(config, data, base):
-    """kd_trial under Tune: each epoch's metrics go to tune.report with a checkpoint of the whole training state
+    """run_trial under Tune: each epoch's metrics go to tune.report with a checkpoint of the whole training state
     (weights, optimizer, schedule, batch order, history), and a trial restarted after a failure or a resume goes
     on from its last checkpoint as if it had never stopped."""
     from ray import tune
@@ -47,7 +49,7 @@ def tune_trial(config, data, base):
             save_state(state(), d)
             tune.report({**metrics, "resumed_from": resumed_from}, checkpoint=tune.Checkpoint.from_directory(d))
     recipe = Recipe(**{**base, **{k: v for k, v in config.items() if k != NUMBER}})
-    kd_trial(recipe, data, data.seed, report=report, resume=resume)
+    run_trial(recipe, data, data.seed, report=report, resume=resume)
 
 
 def keep_scheduler(scheduler):
@@ -74,6 +76,8 @@ def keep_scheduler(scheduler):
 
 
 def _no_restore_hint(record):
+    # Ray 2.60's hint, logged by the logger "ray.tune.tune" on a stop (ray/tune/tune.py: restore_entrypoint);
+    # tests/test_searcher.py checks both, so a Ray that changes them fails there
     return "Tuner.restore(" not in record.getMessage()
 
 
@@ -91,15 +95,17 @@ def build_tuner(job, searcher, search, callbacks, resume=False):
     # on Ctrl-C Tune would tell the user to call Tuner.restore(...); kdsearch's last line gives the command to run
     logging.getLogger("ray.tune.tune").addFilter(_no_restore_hint)
 
-    trainable = tune.with_resources(tune.with_parameters(tune_trial, data=job.data, base=job.base), job.resources)
+    trainable = tune.with_resources(tune.with_parameters(tune_trial, data=job.data, base=job.base),
+                                     {"cpu": job.resources.cpu, "gpu": job.resources.gpu})
     path = os.path.join(job.folder, "ray")
-    # a kill between the Tuner's creation and Tune's first snapshot leaves tuner.pkl but no state to restore
+    # a kill between the Tuner's creation and Tune's first snapshot leaves tuner.pkl but no state to restore;
+    # Ray 2.60 names that snapshot experiment_state-<time>.json (tests/test_searcher.py checks it)
     if resume and tune.Tuner.can_restore(path) and glob.glob(os.path.join(path, "experiment_state-*.json")):
         return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False)
     shutil.rmtree(path, ignore_errors=True)
     scheduler = None
     if search.scheduler == "asha":
-        scheduler = ASHAScheduler(time_attr="epoch", metric="val_acc", mode="max", max_t=job.max_epochs,
+        scheduler = ASHAScheduler(time_attr="epoch", metric=METRIC, mode=MODE, max_t=job.max_epochs,
                                   grace_period=min(search.grace_period, job.max_epochs),
                                   reduction_factor=search.reduction_factor)
     return tune.Tuner(
@@ -118,8 +124,10 @@ def fit(tuner):
     done."""
     before = signal.getsignal(signal.SIGINT)
     results = tuner.fit()
-    interrupted = signal.getsignal(signal.SIGINT) is before  # Tune puts the old handler back on a stop signal
-    signal.signal(signal.SIGINT, before)  # and leaves its own installed otherwise
+    # Ray 2.60's tune.run puts the old handler back on a stop signal and leaves its own installed otherwise
+    # (ray/tune/tune.py, signal_interrupt_tune_run); tests/test_searcher.py checks the second half
+    interrupted = signal.getsignal(signal.SIGINT) is before
+    signal.signal(signal.SIGINT, before)
     if interrupted:
         raise KeyboardInterrupt
     return results

@@ -1,5 +1,5 @@
 """A study's inputs in its study file: its two networks (`models`), its data and its views (`augment`). Part of
-config.py's schema, which holds the rest."""
+schema.py's schema, which holds the rest."""
 from typing import Literal, Optional, Tuple
 
 from pydantic import Field, field_validator

@@ -1,5 +1,5 @@
 """How a study runs, in its study file: the search, the confirmation, each trial's resources and the MLflow
-tracking. Part of config.py's schema, which holds the rest."""
+tracking. Part of schema.py's schema, which holds the rest."""
 from typing import Literal, Optional
 
 from pydantic import Field

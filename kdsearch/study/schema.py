@@ -21,9 +21,6 @@ from kdsearch.study.running import Confirm, Resources, Search, Tracking
 from kdsearch.study.validation import CONFIG, Bound, Float, Int, check_space, read_yaml, rule, user_error
 
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"  # a plain folder name: no path separators, no leading dot
-SEARCHABLE = ("loss", "temperature", "alpha", "beta", "gamma", "lr", "epochs", "weight_decay", "batch_size",
-              "optimizer", "momentum", "nesterov", "schedule", "warmup_epochs", "ema", "label_smoothing",
-              "grad_clip", "mix")  # Recipe fields a space may hold
 LossName = Literal[tuple(sorted(LOSSES))]
 ModelName = Literal[tuple(sorted(MODELS))]
 Optimizer, Schedule = Literal["adam", "adamw", "sgd"], Literal["none", "cosine", "onecycle"]
@@ -52,14 +49,15 @@ class Recipe:
     alpha: Float(ge=0, le=1) = Field(0.8, description="distillation: the hard-label CE term's weight")
     beta: Optional[Float(ge=0)] = Field(None, description=f"dkd: NCKD's weight; dist: inter-class ({_nulls('beta')})")
     gamma: Optional[Float(ge=0)] = Field(None, description=f"dist: the intra-class term's weight ({_nulls('gamma')})")
-    nesterov: bool = Field(False, description="SGD only: Nesterov momentum")
-    warmup_epochs: Int(ge=0) = Field(0, description="epochs of linear warm-up to lr (onecycle: 0 means 30 % of "
+    # the levers' defaults are their neutral values (names.NEUTRAL), which leave a recipe's cache key as it was
+    nesterov: bool = Field(NEUTRAL["nesterov"], description="SGD only: Nesterov momentum")
+    warmup_epochs: Int(ge=0) = Field(NEUTRAL["warmup_epochs"], description="epochs of linear warm-up to lr (onecycle: 0 means 30 % of "
                                      "the epochs; as many as the run's epochs: it never reaches the peak)")
-    ema: Optional[Float(gt=0, lt=1)] = Field(None, description="decay of an exponential moving average of the "
+    ema: Optional[Float(gt=0, lt=1)] = Field(NEUTRAL["ema"], description="decay of an exponential moving average of the "
                                              "weights, which are then the ones evaluated and kept (e.g. 0.999)")
-    label_smoothing: Float(ge=0, lt=1) = Field(0.0, description="label smoothing of the hard-label CE term")
-    grad_clip: Optional[Float(gt=0)] = Field(None, description="clip the gradients' global norm to this")
-    mix: MixKind = Field("none", description="mix each training view with a partner's, labels too: mixup or "
+    label_smoothing: Float(ge=0, lt=1) = Field(NEUTRAL["label_smoothing"], description="label smoothing of the hard-label CE term")
+    grad_clip: Optional[Float(gt=0)] = Field(NEUTRAL["grad_clip"], description="clip the gradients' global norm to this")
+    mix: MixKind = Field(NEUTRAL["mix"], description="mix each training view with a partner's, labels too: mixup or "
                          "cutmix, with the study's augment.mixup / augment.cutmix (each its own logit table)")
 
     @model_validator(mode="after")
@@ -78,6 +76,9 @@ class Recipe:
                 raise rule(name, f"the {self.loss} loss takes no {name} (only {' and '.join(losses_taking(name))})",
                            "remove {key} from {where}")
         return self
+
+
+SEARCHABLE = tuple(f.name for f in dataclasses.fields(Recipe) if f.name != "model")  # what a space may hold
 
 
 @dataclass(config=CONFIG)
@@ -100,8 +101,8 @@ _BASELINES = {}  # name -> its defaults, where they differ from Recipe's
 
 def _baseline(name, doc, **defaults):
     _BASELINES[name] = defaults
-    shown = ", ".join(f"{k} {v}" for k, v in defaults.items())
-    return Field(default_factory=lambda: Recipe(**defaults), description=f"{doc} (defaults: {shown})")
+    shown = "".join(f"{k} {v}, " for k, v in defaults.items())
+    return Field(default_factory=lambda: Recipe(**defaults), description=f"{doc} (defaults: {shown}else Recipe's)")
 
 
 @dataclass(config=CONFIG)
@@ -110,9 +111,9 @@ class Baselines:
     student_mse: Recipe = _baseline("student_mse", "the notebook's \"normal\" student: MSE on one-hot targets",
                                     loss="mse", lr=1e-4, epochs=25)
     student_ce: Recipe = _baseline("student_ce", "the fair baseline the notebook's text promises: the same student "
-                                   "with CE", loss="ce", lr=1e-3, epochs=30)
-    kd_reference: Recipe = _baseline("kd_reference", "KD with the notebook's settings; every trial starts from it",
-                                     loss="kd", temperature=4.5, alpha=0.8, lr=1e-3, epochs=30)
+                                   "with CE", loss="ce")
+    kd_reference: Recipe = _baseline("kd_reference", "KD with the notebook's settings (Recipe's defaults); every "
+                                     "trial starts from it")
 
     @model_validator(mode="before")
     @classmethod

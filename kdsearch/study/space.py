@@ -1,5 +1,5 @@
 """Facts about a study's search space that need neither Ray nor Optuna: the longest trial it allows and the
-first trial's point (kd_reference's settings). `space` is the study's {name: config.Param}."""
+first trial's point (kd_reference's settings). `space` is the study's {name: schema.Param}."""
 
 
 def space_epochs(space, kd_reference):

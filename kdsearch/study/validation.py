@@ -1,4 +1,4 @@
-"""What config.py's schema needs besides pydantic's own types: field types that read YAML as a person writes it,
+"""What schema.py's schema needs besides pydantic's own types: field types that read YAML as a person writes it,
 the study file read with its dotted overrides, the search space's rules across its values, and pydantic's errors
 in kdsearch's words: one line naming the file (or the option), the key path and the rule, e.g. `study.yaml:
 teacher.lr: must be > 0 (got -0.1); fix: edit teacher.lr in study.yaml`."""
@@ -156,7 +156,7 @@ def _owner(root, loc):
 
 @functools.cache
 def _field_type(recipe, name):
-    """The type of field `name` of `recipe` (config.Recipe), with its bounds."""
+    """The type of field `name` of `recipe` (schema.Recipe), with its bounds."""
     return TypeAdapter(typing.get_type_hints(recipe, include_extras=True)[name])
 
 
@@ -168,9 +168,9 @@ def _as_field(recipe, name, value, at):
 
 
 def check_space(space, recipe, reference_loss):
-    """The search space's rules (config.Study's, after its types): per searched value a non-empty choice, or a
+    """The search space's rules (schema.Study's, after its types): per searched value a non-empty choice, or a
     complete and ordered range of its field's kind, each end or choice by the rules of its field of `recipe`
-    (config.Recipe). Then _conditions, for kd_reference's loss `reference_loss`."""
+    (schema.Recipe). Then _conditions, for kd_reference's loss `reference_loss`."""
     for name, p in space.items():
         at, kind = f"space.{name}", recipe.__pydantic_fields__[name].annotation
         if p.type == "choice":

@@ -1,4 +1,4 @@
-"""The Model Registry: each search's kd_best student as a version of its registered model (tracking.py logs it
+"""The Model Registry: each search's kd_best student as a version of its registered model (tracker.py logs it
 first, in the driver)."""
 import mlflow
 from mlflow.exceptions import MlflowException
@@ -15,7 +15,7 @@ def register(client, parent, name, model_uri, report):
     from kdsearch.report.tables import verdict_lines
     mine = client.search_model_versions(f"name = '{name}' and tags.`kdsearch.parent_run_id` = '{parent}'")
     version = mine[0].version if mine else mlflow.register_model(model_uri, name).version
-    best = report["rows"][-1]
+    best = next(r for r in report["rows"] if r["model"] == "kd_best")
     lines = [f"kd_best of search {report['name']!r} (study {report['study']}): {best['val_acc']:.2f}% "
              f"validation, {best['test_acc']:.2f}% test accuracy", *verdict_lines(report)]
     client.update_model_version(name, version, description="\n".join(lines))

@@ -1,4 +1,4 @@
-"""Where MLflow's store is, without importing MLflow (search.py's cheap checks run before it loads): the
+"""Where MLflow's store is, without importing MLflow (the pipeline's cheap checks run before it loads): the
 default URI, the URI's check, and how a user opens the runs."""
 import os
 from pathlib import Path
