@@ -8,7 +8,6 @@ import json
 import pickle
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -231,14 +230,12 @@ def test_a_failing_confirmation_run_is_one_line_and_the_others_go_on(data):
                "fine": Recipe(loss="kd", epochs=1, batch_size=64)}
     specs = [RunSpec(name, recipe, 1, name) for name, recipe in recipes.items()]
     logs = []
-    start = time.time()
     start_ray(None, logs.append)
     try:
         results = {spec.name: result for spec, result in _run(specs, Workers(trial_data, Resources(1, 0), 1),
                                                                 logs.append)}
     finally:
         stop_ray()
-    took = time.time() - start
     assert results["too_long"] is None and results["diverges"] is None
     history, state = results["fine"]
     assert len(history) == 1 and history[0]["val_acc"] is not None and "diverged" not in history[0]
@@ -250,4 +247,3 @@ def test_a_failing_confirmation_run_is_one_line_and_the_others_go_on(data):
                       "confirm: diverges seed 1 failed (RuntimeError: diverged in epoch 1 (the loss became NaN or "
                       "infinite)); it leaves the confirmation"], logs
     assert sum("fine seed 1: val" in line for line in logs) == 1
-    assert took < 60, took

@@ -7,9 +7,6 @@ import pickle
 import sys
 from pathlib import Path
 
-# as kdsearch's own local Ray (search/cluster.py): on loopback, no token file, no usage report
-for k, v in {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}.items():
-    os.environ.setdefault(k, v)  # before ray is imported
 
 import optuna  # noqa: E402
 import pytest  # noqa: E402
@@ -40,14 +37,16 @@ def studies(monkeypatch):
 
 @pytest.fixture(scope="module")
 def ray_local():
-    import ray
+    """kdsearch's own local Ray (on loopback, no token file)."""
     from ray import cloudpickle
+
+    from kdsearch.search.cluster import start_ray, stop_ray
+    start_ray(None, lambda m: None)
     # Ray's workers cannot import this test module (pytest's sys.path): its trainable travels by value
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
+    yield
     cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    stop_ray()
 
 
 def score(config, epoch):
