@@ -77,10 +77,14 @@ def logit_table(ctx, teacher, teacher_key, epochs, mix="none"):
     data, views = ctx.data, ctx.views_of(mix)
     rows = views.table_epochs(epochs)
     views_key = make_key("logits", teacher_key, data.key, views.key)  # the same views, any length
-    key = make_key("logits", teacher_key, data.key, views.key, rows)
+
+    def key_of(n):  # the table of these views with n rows
+        return make_key("logits", teacher_key, data.key, views.key, n)
+
+    key = key_of(rows)
     table = ctx.store.load_tensor("logits", key)
     if table is None:
-        table = _longest_stored(ctx.store, teacher_key, data, views, views_key)
+        table = _longest_stored(ctx.store, views_key, key_of)
         if table is not None and len(table) >= rows:
             return table[:rows].clone().to(data.train.x.device)
         table = _extend(ctx, teacher, views, table, rows)
@@ -89,10 +93,10 @@ def logit_table(ctx, teacher, teacher_key, epochs, mix="none"):
     return table.to(data.train.x.device)
 
 
-def _longest_stored(store, teacher_key, data, views, views_key):
-    """The longest table of these views the store holds, or None."""
+def _longest_stored(store, views_key, key_of):
+    """The longest table of these views (`views_key`; key_of(rows): a table's key) the store holds, or None."""
     for rows in sorted(store.rows("logits", views_key), reverse=True):
-        table = store.load_tensor("logits", make_key("logits", teacher_key, data.key, views.key, rows))
+        table = store.load_tensor("logits", key_of(rows))
         if table is not None:
             return table
     return None

@@ -139,7 +139,7 @@ class Tracker:
             self.client.set_tag(self.children[trial_id], "kdsearch.failures", str(failures))
 
     def end_trial(self, trial_id, state, error=None):
-        """state: completed, pruned, diverged or failed (the tag kdsearch.search.state; the run status is FINISHED,
+        """state: completed, pruned, diverged or failed (the tag kdsearch.state; the run status is FINISHED,
         KILLED or FAILED); error: a failed trial's first line of its error (the tag kdsearch.error)."""
         run_id = self.children.get(trial_id)
         if run_id is None:
