@@ -15,6 +15,8 @@ def _study(args):
         overrides["confirm.seeds"] = args.confirm_seeds  # validated with the study file's rules
     if getattr(args, "num_samples", None) is not None and args.num_samples >= 1:
         overrides["search.num_samples"] = args.num_samples
+    if getattr(args, "no_control", False):
+        overrides["search.control"] = False
     return load_study(args.study, overrides)
 
 
@@ -157,10 +159,13 @@ def build_parser():
 
     study_cmd("validate", cmd_validate, "check a study file without running anything", results=False)
     study_cmd("baselines", cmd_baselines, "train (or reuse) the teacher and the fixed student baselines")
-    study_cmd("search", cmd_search, "run the study: baselines, then the KD hyperparameter search, then the report")
+    study_cmd("search", cmd_search, "run the study: baselines, then the KD hyperparameter search and its CE control "
+                                         "arm, then the report")
     s = sub.choices["search"]
     s.add_argument("--name", help="name of this search's folder and MLflow parent run (default: the study name)")
-    s.add_argument("--num-samples", type=int, help="number of trials (overrides search.num_samples)")
+    s.add_argument("--num-samples", type=int, help="number of trials per arm (overrides search.num_samples)")
+    s.add_argument("--no-control", action="store_true", help="no CE control arm: compare kd_best with the fixed "
+                                                             "baselines only (sets search.control: false)")
     s.add_argument("--confirm-seeds", type=int, help="seeds per confirmed model, 1 to skip the confirmation "
                                                      "(overrides confirm.seeds)")
     s.add_argument("--resume", action="store_true", help="go on with the interrupted search of this name "

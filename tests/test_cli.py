@@ -73,6 +73,9 @@ BAD_STUDIES = [
     ("name: x\nspace: {}\n", "space: must be a mapping of hyperparameters"),
     ("name: x\nsearch:\n  num_samples: 0\n", "search.num_samples: must be >= 1"),
     ("name: x\nsearch:\n  scheduler: hyperband\n", "search.scheduler: must be one of"),
+    ("name: x\nsearch:\n  control: maybe\n", "search.control: input should be a valid boolean (got 'maybe'); fix: "
+                                            "edit search.control"),
+    ("name: x\nsearch:\n  control: 1\n", "search.control: input should be a valid boolean (got 1)"),
     ("name: x\nconfirm:\n  seeds: 0\n", "confirm.seeds: must be >= 1"),
     ("name: x\nconfirm:\n  top_k: 0\n", "confirm.top_k: must be >= 1"),
     ("name: x\nconfirm:\n  rounds: 2\n", "confirm.rounds: unknown key"),

@@ -22,7 +22,7 @@ from test_resume import SEARCH
 # the student is a network file of the user's: it reaches the worker node through Ray's runtime environment
 STUDY = (TINY_BASE.replace("kd_reference: {epochs: 2,", "kd_reference: {epochs: 10,")
          + TINY_SPACE.replace("epochs: {type: int, low: 1, high: 2}", "epochs: {type: int, low: 8, high: 10}") + SEARCH
-         + "models:\n  student: tiny_net.py:Net\n")
+         + "models:\n  student: tiny_net.py:Net\n").replace("search:\n", "search:\n  control: false\n")
 
 HEAD = "127.0.0.2:6390"  # loopback addresses of their own, so this cluster is told apart from any local Ray
 WORKER_IP = "127.0.0.3"
@@ -95,8 +95,8 @@ def test_search_on_a_cluster_survives_losing_the_worker_node(cluster, tiny_archi
     log, running = [], set()
     for line in p.stderr:
         log.append(line)
-        if line.startswith("trial ") and " epoch " in line:
-            running.add(line.split()[1])
+        if line.startswith("kd trial ") and " epoch " in line and "stored run" not in line:  # trial 0 replays
+            running.add(line.split()[2])
         if len(running) == 2 and not any(m.startswith("-- the worker's raylet killed") for m in log):
             # the worker node is lost mid-search: the second trial has just reported its first of 8 or more
             # epochs, the first is a few epochs in; one runs on each node's one CPU

@@ -34,8 +34,8 @@ def searched(tiny_archive, tmp_path_factory):
     tracker = open_tracker(f"sqlite:///{tmp / 'mlflow.db'}", "failures", tmp / "artifacts")
     tracker.start_parent("failures", "id0", __file__, {}, [])
     resources = Resources(cpu=1, gpu=0)
-    job = TuneJob(trial_data(ctx, lambda mix: table, resources, "cpu"), dataclasses.asdict(Recipe(batch_size=64)),
-                  resources, tmp, 2)
+    job = TuneJob(trial_data(ctx, lambda mix: table, resources, "cpu"), "kd",
+                  dataclasses.asdict(Recipe(batch_size=64)), None, resources, tmp, 2)
     url = start_ray(None, logs.append)
     try:
         import ray

@@ -50,9 +50,9 @@ def test_each_family_has_its_best_completed_trial_and_its_mean_over_seeds():
         assert fams[loss]["best"]["confirmed_val_acc"] == (top["val_acc"] + 40) / 2
     assert fams["dkd"] == {"loss": "dkd", "trials": 0, "completed": 0, "best": None}
     assert families(trials, {k: v for k, v in SPACE.items() if k != "loss"}, confirmed) == []
-    metrics = parent_metrics({"rows": [], "families": list(fams.values()), "importances": {"alpha": 0.9}})
+    metrics = parent_metrics({"rows": [], "families": list(fams.values()), "importances": {"kd": {"alpha": 0.9}}})
     assert metrics == {"best_val_acc_kd": fams["kd"]["best"]["val_acc"],
-                       "best_val_acc_dist": fams["dist"]["best"]["val_acc"], "importance_alpha": 0.9}
+                       "best_val_acc_dist": fams["dist"]["best"]["val_acc"], "importance_kd_alpha": 0.9}
 
 
 def test_no_figures_when_nothing_separates_the_trials_or_a_value_is_out_of_its_space():

@@ -158,3 +158,33 @@ def test_the_levers_can_be_searched_and_the_first_trial_is_kd_reference(tmp_path
     study.write_text("name: s\nspace:\n  ema: {type: choice, values: [1.5]}\n")
     with pytest.raises(UserError, match="space.ema.values: must be < 1"):
         load_study(study)
+
+
+def test_the_control_arm_searches_the_recipe_values_or_says_why_there_is_none(tmp_path):
+    """The CE arm's space is the study's less the distillation values (a value some losses took is searched for
+    every CE trial); a space of distillation values alone leaves it nothing, and a line says so; control: false
+    turns it off without a word."""
+    from kdsearch.study.schema import load_study
+    from kdsearch.study.space import study_arms
+
+    def _study_file(text):
+        path = tmp_path / "s.yaml"
+        path.write_text("name: s\n" + text)
+        return path
+
+    both = load_study(_study_file("space:\n  loss: {type: choice, values: [kd, dkd]}\n"
+                                  "  beta: {type: uniform, low: 1, high: 8}\n  temperature: {type: uniform, low: 1, high: 8}\n"
+                                  "  lr: {type: loguniform, low: 0.0001, high: 0.01}\n  ema: {type: choice, values: [null, 0.9]}\n"))
+    logs = []
+    kd, ce = study_arms(both, logs.append)
+    assert (kd.name, kd.baseline, ce.name, ce.baseline) == ("kd", "kd_reference", "ce", "student_ce") and logs == []
+    assert list(ce.space) == ["lr", "ema"] and all(p.losses is None for p in ce.space.values())
+    assert ce.base.loss == "ce" and first_point(ce.space, ce.base, print) == {"lr": 0.001, "ema": None}
+    only_kd = load_study(_study_file("space:\n  temperature: {type: uniform, low: 1, high: 8}\n"
+                                     "  alpha: {type: uniform, low: 0, high: 1}\n"))
+    assert [a.name for a in study_arms(only_kd, logs.append)] == ["kd"]
+    assert logs == ["search: the space searches only distillation values (temperature, alpha), so the CE control arm "
+                    "has nothing to search; kd_best is compared with the fixed student_ce only (add a recipe value "
+                    "such as lr or epochs to the space to search a CE student too)"]
+    off = load_study(_study_file("search:\n  control: false\n"))
+    assert [a.name for a in study_arms(off, logs.append)] == ["kd"] and len(logs) == 1

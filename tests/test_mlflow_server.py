@@ -96,15 +96,19 @@ def test_the_experiment_opens_on_its_runs(searched):
 
 def test_runs_are_named_by_what_they_tried_and_their_params_are_numbers(searched):
     _, report, _, runs = searched
-    trials = {int(tags(r)["mlflow.runName"].split()[1]): r for r in runs
+    trials = {(tags(r)["kdsearch.arm"], int(tags(r)["mlflow.runName"].split()[2])): r for r in runs
               if tags(r).get("kdsearch.stage") == "search"}
-    assert sorted(trials) == [t["number"] for t in report["trials"]]
-    first = tags(trials[0])["mlflow.runName"]
-    assert first == "trial 0 · T 4.5 α 0.8 lr 1e-3 2 ep", first  # the notebook's point, kd_reference's
-    for r in trials.values():
+    assert sorted(trials) == sorted((t["arm"], t["number"]) for t in report["trials"])
+    assert sorted(trials) == [("ce", 0), ("ce", 1), ("kd", 0), ("kd", 1)]  # the same budget for each arm
+    first = tags(trials["kd", 0])["mlflow.runName"]
+    assert first == "kd trial 0 · T 4.5 α 0.8 lr 1e-3 2 ep", first  # the notebook's point, kd_reference's
+    assert tags(trials["ce", 0])["mlflow.runName"] == "ce trial 0 · lr 1e-3 1 ep"  # student_ce's point
+    for (arm, _), r in trials.items():
         params = {p["key"]: p["value"] for p in r["data"]["params"]}
-        assert {k: float(v) for k, v in params.items()}.keys() == {"temperature", "alpha", "lr", "epochs"}
-        assert re.fullmatch(r"trial \d+ · T [\d.]+ α [\d.]+ lr [\de.-]+ \d+ ep", tags(r)["mlflow.runName"])
+        assert {k: float(v) for k, v in params.items()}.keys() == (
+            {"temperature", "alpha", "lr", "epochs"} if arm == "kd" else {"lr", "epochs"})  # no distillation value
+        assert re.fullmatch(rf"{arm} trial \d+ · " + (r"T [\d.]+ α [\d.]+ " if arm == "kd" else "")
+                            + r"lr [\de.-]+ \d+ ep", tags(r)["mlflow.runName"])
     confirms = sorted(tags(r)["mlflow.runName"] for r in runs if tags(r).get("kdsearch.stage") == "confirm")
     assert confirms and all(re.fullmatch(r"confirm · [\w=]+ · seed 1", name) for name in confirms), confirms
 

@@ -21,6 +21,7 @@ search:
   scheduler: asha
   grace_period: 1
   reduction_factor: 2
+  control: false    # the KD arm alone: the CE arm runs under the very same Tuner code and scheduler
 resources:
   cpu: 2
 confirm:
@@ -68,9 +69,10 @@ def test_asha_search_records_stopped_trials_as_pruned_everywhere(tiny_archive, t
     families = plot(tmp_path / "results" / "tiny" / "families.png", (7, 4))
     for f, color in zip(report["families"], ("C0", "C1")):  # each family's points in its colour of the cycle
         assert pixels(families, color) > 5, f["loss"]  # a hollow point alone draws its ring
-    imp = report["importances"]  # over the completed trials (seeded: 3 or more), the same figures in MLflow
+    imp = report["importances"]["kd"]  # over the completed trials (seeded: 3 or more), the same figures in MLflow
+    assert set(report["importances"]) == {"kd"} and report["control_note"].startswith("no control arm (search.")
     assert len(completed) >= 3 and set(imp) == {k for t in completed for k in t["params"]}  # what they hold
-    assert abs(sum(imp.values()) - 1) < 1e-9 and all(metrics[f"importance_{k}"] == v for k, v in imp.items())
+    assert abs(sum(imp.values()) - 1) < 1e-9 and all(metrics[f"importance_kd_{k}"] == v for k, v in imp.items())
     assert "## Hyperparameter importances" in md
     bars = plot(tmp_path / "results" / "tiny" / "importances.png", (6, 0.45 * len(imp) + 1.4))
     assert pixels(bars, "tab:blue") > 200  # the bars

@@ -1,5 +1,5 @@
-"""A search survives a kill: SIGKILL of the whole process group mid-trial, then --resume, with real Ray, Optuna and
-MLflow. Also the search's run-time refusals (--resume rules, the lock) and a trial that diverges."""
+"""A search survives a kill: SIGKILL of the whole process group mid-trial of its CE control arm (its KD arm done),
+then --resume, with real Ray, Optuna and MLflow. Also the search's run-time refusals (--resume rules, the lock)."""
 import csv
 import ipaddress
 import json
@@ -23,8 +23,10 @@ resources:
 confirm:
   seeds: 1
 """
-# kd_reference trains 4 epochs: the first trial (kd_reference's point) is killed in the middle of it
+# kd_reference and student_ce train 4 epochs, inside the space's 3-4: each arm's first trial is its baseline's own
+# stored run (replayed, not trained); a CE trial that trains is killed in the middle of it
 STUDY = (TINY_BASE.replace("kd_reference: {epochs: 2,", "kd_reference: {epochs: 4,")
+         .replace("student_ce: {epochs: 1,", "student_ce: {epochs: 4,")
          + TINY_SPACE.replace("epochs: {type: int, low: 1, high: 2}", "epochs: {type: int, low: 3, high: 4}") + SEARCH)
 
 
@@ -33,9 +35,9 @@ def kdsearch(*args, **kw):
                           timeout=600, **kw)
 
 
-def kill_when(args, pattern, log_path, sig=signal.SIGKILL):
+def kill_when(args, pattern, log_path, sig=signal.SIGKILL, unless="\0"):
     """Start a search in its own process group and send `sig` to the whole group (as SIGKILL of everything, or
-    Ctrl-C in a terminal) when a stderr line has every string of `pattern`; return (its stderr, its exit status,
+    Ctrl-C in a terminal) when a stderr line has every string of `pattern` and not `unless`; return (its stderr, its exit status,
     the listening sockets of the search and every process it started, seen just before)."""
     listening = None
     with open(log_path, "w") as log:
@@ -43,7 +45,7 @@ def kill_when(args, pattern, log_path, sig=signal.SIGKILL):
                              stderr=subprocess.PIPE, text=True, start_new_session=True)
         for line in p.stderr:
             log.write(line)
-            if all(part in line for part in pattern):
+            if all(part in line for part in pattern) and unless not in line:
                 listening = listening_sockets(p.pid)
                 os.killpg(p.pid, sig)
                 break
@@ -72,12 +74,12 @@ def resumed(tiny_archive, tmp_path_factory):
     study = tmp / "tiny.yaml"
     study.write_text(STUDY)
     args = ["search", study, "--data", tiny_archive, "--results", tmp / "results"]
-    # the first trial is kd_reference's point (T 4.5, alpha 0.8): killed after its 2nd of 4 epochs
-    _, _, listening = kill_when(args, ("epoch 2/4 val", "temperature=4.5 alpha=0.8"), tmp / "killed.log")
+    # the KD arm finished, a CE trial that trains (not student_ce's replayed run) is killed after its 2nd epoch
+    _, _, listening = kill_when(args, ("ce trial ", ": epoch 2/"), tmp / "killed.log", unless="stored run")
     refused = kdsearch(*args)
     other = tmp / "other.yaml"
     other.write_text(STUDY.replace("num_samples: 4", "num_samples: 4\n  seed: 7"))
-    differs = kdsearch("search", other, *args[2:], "--resume")
+    differs = (kdsearch("search", other, *args[2:], "--resume"), kdsearch(*args, "--resume", "--no-control"))
     # resumed, then stopped with Ctrl-C as soon as a trial reports
     ctrl_c = kill_when([*args, "--resume"], ("trial ",), tmp / "ctrl_c.log", signal.SIGINT)
     ctrl_c = (*ctrl_c[:2], json.loads((tmp / "results" / "tiny" / "search.json").read_text())["status"],
@@ -116,23 +118,29 @@ def test_every_listening_socket_of_a_search_is_on_loopback(resumed):
 
 
 def test_an_interrupted_search_refuses_without_resume_or_with_another_study(resumed):
-    _, refused, differs = resumed[:3]
+    _, refused, (differs, no_control) = resumed[:3]
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
     assert "did not finish (running); fix: add --resume to continue it, or give another --name" in refused.stderr
     assert differs.returncode == 2 and "the study differs from the interrupted search's at search.seed" in \
         differs.stderr, differs.stderr
+    assert no_control.returncode == 2 and no_control.stderr.count("\n") == 1, no_control.stderr
+    assert "the interrupted search 'tiny' ran with the CE control arm; fix: resume it without --no-control" in \
+        no_control.stderr
 
 
 def test_the_resumed_search_has_each_trial_once_everywhere(resumed):
     results = resumed[0]
     report = json.loads((results / "tiny" / "report.json").read_text())
     trials = report["trials"]
-    assert sorted(t["number"] for t in trials) == [0, 1, 2, 3]  # Optuna's numbers: each trial once
-    assert len({t["trial_id"] for t in trials}) == 4
-    # the sampler's random state came back: no proposal after the resume repeats one from before it
-    assert len({json.dumps(t["params"], sort_keys=True) for t in trials}) == 4
+    for arm in ("kd", "ce"):  # Optuna's numbers: each trial of each arm once, the same budget for both
+        assert sorted(t["number"] for t in trials if t["arm"] == arm) == [0, 1, 2, 3]
+        # the sampler's random state came back: no proposal after the resume repeats one from before it
+        assert len({json.dumps(t["params"], sort_keys=True) for t in trials if t["arm"] == arm}) == 4
+    assert len({t["trial_id"] for t in trials}) == 8
+    assert json.loads((results / "tiny" / "search.json").read_text())["arms_done"] == ["kd", "ce"]
     with open(results / "tiny" / "trials.csv") as f:
-        assert sorted(int(r["number"]) for r in csv.DictReader(f)) == [0, 1, 2, 3]
+        assert sorted((r["arm"], int(r["number"])) for r in csv.DictReader(f)) == sorted(
+            (arm, n) for arm in ("kd", "ce") for n in range(4))
     from mlflow.tracking import MlflowClient
     client = MlflowClient(report["mlflow"]["tracking_uri"])
     exp = client.get_experiment_by_name(report["mlflow"]["experiment"])
@@ -144,6 +152,7 @@ def test_the_resumed_search_has_each_trial_once_everywhere(resumed):
     assert sorted(r.data.tags["kdsearch.trial_id"] for r in children) == sorted(t["trial_id"] for t in trials)
     by_id = {t["trial_id"]: t for t in trials}
     for r in children:  # one point per epoch, though the killed trial trained an epoch or two again
+        assert r.data.tags["kdsearch.arm"] == by_id[r.data.tags["kdsearch.trial_id"]]["arm"]
         logged = [(m.step, m.value) for m in client.get_metric_history(r.info.run_id, "val_acc")]
         history = [(h["epoch"], h["val_acc"]) for h in by_id[r.data.tags["kdsearch.trial_id"]]["history"]]
         assert [e for e, _ in sorted(logged)] == [e for e, _ in history], (logged, r.data.tags)
@@ -154,17 +163,23 @@ def test_the_resumed_search_has_each_trial_once_everywhere(resumed):
 def test_the_killed_trial_went_on_from_its_checkpoint_as_if_never_stopped(resumed):
     results = resumed[0]
     report = json.loads((results / "tiny" / "report.json").read_text())
-    first = next(t for t in report["trials"] if t["number"] == 0)
-    # Tune's last snapshot before the kill holds the checkpoint of an epoch before its last (1 or 2 mostly; 3
-    # when the kill, at the trial's first line, comes late on a busy machine): it went on from there, neither
-    # from scratch nor done (and perhaps again after the Ctrl-C)
-    assert first["restarts"] and 1 <= first["restarts"][0] < 4, first
-    # the first trial trains kd_reference's recipe with the study's seed: the same run as the baseline
-    reference = next(r for r in report["rows"] if r["model"] == "kd_reference")
-    assert [h["epoch"] for h in first["history"]] == [1, 2, 3, 4]
-    for a, b in zip(first["history"], reference["history"]):
-        assert a["val_acc"] == pytest.approx(b["val_acc"], abs=1e-6)
-        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+    # the KD arm had finished before the kill: read back on resume, none of its trials ran again
+    assert not any(t["restarts"] for t in report["trials"] if t["arm"] == "kd")
+    # Tune's last snapshot before the kill holds the checkpoint of an epoch before its last (1 mostly; 2 when the
+    # kill, at the trial's line, comes late on a busy machine): it went on from there, neither from scratch nor
+    # done (and perhaps again after the Ctrl-C)
+    killed = [t for t in report["trials"] if t["arm"] == "ce" and t["restarts"]]
+    assert killed, [t["restarts"] for t in report["trials"]]
+    for t in killed:
+        assert 1 <= t["restarts"][0] < t["epochs_run"] and t["state"] == "completed", t
+        assert [h["epoch"] for h in t["history"]] == list(range(1, t["epochs_run"] + 1))
+    # each arm's first trial is its baseline's stored run: the same numbers, not a second training of it
+    rows = {r["model"]: r for r in report["rows"]}
+    for arm, baseline in (("kd", "kd_reference"), ("ce", "student_ce")):
+        first = next(t for t in report["trials"] if t["arm"] == arm and t["number"] == 0)
+        assert first["reused"] == baseline and first["val_acc"] == rows[baseline]["val_acc"]
+        assert [(h["val_acc"], h["train_loss"]) for h in first["history"]] == [
+            (h["val_acc"], h["train_loss"]) for h in rows[baseline]["history"]]
 
 
 def test_resume_with_nothing_to_resume_and_a_second_search_while_one_runs(resumed, tiny_archive, tmp_path):

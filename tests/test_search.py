@@ -71,11 +71,12 @@ def union(intervals):
 def test_report_has_every_row_and_the_notebook_point_came_first(searched):
     results, first, _, _, wall_s = searched
     report = json.loads((results / "tiny" / "report.json").read_text())
-    assert [r["model"] for r in report["rows"]] == ["teacher", "student_mse", "student_ce", "kd_reference", "kd_best"]
+    assert [r["model"] for r in report["rows"]] == ["teacher", "student_mse", "student_ce", "kd_reference", "kd_best",
+                                                    "ce_best"]
     for r in report["rows"]:
         assert set(r) >= {"model", "params", "val_acc", "test_acc", "config"}
         assert 0 <= r["val_acc"] <= 100 and 0 <= r["test_acc"] <= 100
-    assert report["num_trials"] == 3
+    assert report["num_trials"] == 6 and {a: v["trials"] for a, v in report["arms"].items()} == {"kd": 3, "ce": 3}
     assert set(report["best_config"]) == {"temperature", "alpha", "lr", "epochs", "mix"}
     # both mixings were tried, each from its own logit table, made once for the search
     assert {t["params"]["mix"] for t in report["trials"]} == {"none", "cutmix"}
@@ -83,7 +84,7 @@ def test_report_has_every_row_and_the_notebook_point_came_first(searched):
     assert set(report["mlflow"]) >= {"tracking_uri", "experiment", "parent_run_id"}
     with open(results / "tiny" / "trials.csv") as f:
         trials = list(csv.DictReader(f))
-    assert trials[0]["number"] == "0"
+    assert (trials[0]["arm"], trials[0]["number"]) == ("kd", "0")
     first_params = {k: float(trials[0][k]) for k in ("temperature", "alpha", "lr", "epochs")}
     assert first_params == {"temperature": 4.5, "alpha": 0.8, "lr": 0.001, "epochs": 2.0}
     assert all(t["state"] == "completed" for t in trials)
@@ -97,11 +98,12 @@ def test_report_has_every_row_and_the_notebook_point_came_first(searched):
     assert t["engine_s"] + t["search_s"] + t["confirm_s"] < t["total_s"] < wall_s
     # trials' training: the union of the trials' [train_start, train_end], which overlap (2 at a time)
     spans = [(tr["train_start"], tr["train_end"]) for tr in report["trials"]]
-    assert all(a < b for a, b in spans) and len(spans) == 3
+    assert all(a < b for a, b in spans) and len(spans) == 6
     assert t["trial_training_s"] == pytest.approx(union(spans))
     assert max(b - a for a, b in spans) <= t["trial_training_s"] <= sum(b - a for a, b in spans)
     for tr in report["trials"]:  # each span holds its trial's own training clock (the engine's, from epoch 1)
-        assert tr["train_end"] - tr["train_start"] >= tr["train_s"] - 0.01 > 0
+        if tr["reused"] is None:  # a baseline's stored run, replayed: its clock is the baseline's, spent before
+            assert tr["train_end"] - tr["train_start"] >= tr["train_s"] - 0.01 > 0
     assert t["trial_training_s"] < t["search_s"]
     # the engine phase trained the teacher and the baselines one after the other (the first search stores them)
     rows = {r["model"]: r for r in report["rows"]}
@@ -133,12 +135,14 @@ def test_the_plots_decode_at_their_size_and_show_the_data(searched):
         assert pixels(params[:, i * width:(i + 1) * width], COLORS["completed"]) > 20, name
     curves = plot(folder / "curves.png", (7, 4))
     # kd_best's thick curve, the fourth colour of the cycle (student_mse and student_ce train 1 epoch here: a
-    # curve of one point draws no line, and kd_reference's may lie under kd_best's)
-    assert [r["model"] for r in report["rows"]][1:] == ["student_mse", "student_ce", "kd_reference", "kd_best"]
+    # curve of one point draws no line, and kd_reference's may lie under kd_best's); ce_best's is the fifth
+    assert [r["model"] for r in report["rows"]][1:] == ["student_mse", "student_ce", "kd_reference", "kd_best",
+                                                        "ce_best"]
     assert pixels(curves, "C3") > 200
     entries = report["confirmation"]["entries"]
     confirmation = plot(folder / "confirmation.png", (max(7, 1.4 * len(entries) + 2), 4))
     assert pixels(confirmation, "tab:blue") > 20 and pixels(confirmation, "tab:gray") > 20  # trials, baselines
+    assert pixels(confirmation, "tab:green") > 20  # the CE arm's trials
 
 
 def test_mlflow_has_one_parent_and_a_child_per_trial_with_per_epoch_metrics(searched, tmp_path):
@@ -151,9 +155,14 @@ def test_mlflow_has_one_parent_and_a_child_per_trial_with_per_epoch_metrics(sear
     runs = client.search_runs([exp.experiment_id])
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent_id
                 and r.data.tags["kdsearch.stage"] == "search"]
-    assert len(children) == 3
+    assert sorted(c.data.tags["kdsearch.arm"] for c in children) == ["ce"] * 3 + ["kd"] * 3
     for child in children:
         assert child.info.status == "FINISHED" and child.data.tags["kdsearch.state"] == "completed"
+        assert child.info.run_name.startswith(f"{child.data.tags['kdsearch.arm']} trial ")
+        if child.data.tags["kdsearch.arm"] == "ce":  # no distillation value, and CE's one loss term
+            assert set(child.data.params) == {"lr", "epochs", "mix"}
+            assert "loss_soft" not in child.data.metrics and "loss_hard" in child.data.metrics
+            continue
         assert set(child.data.params) == {"temperature", "alpha", "lr", "epochs", "mix"}
         epochs = int(child.data.params["epochs"])
         for metric in ("val_acc", "train_loss", "loss_hard", "loss_soft"):
@@ -164,6 +173,9 @@ def test_mlflow_has_one_parent_and_a_child_per_trial_with_per_epoch_metrics(sear
         assert total == pytest.approx(alpha * hard + (1 - alpha) * soft, rel=1e-4)
     parent = client.get_run(parent_id)
     assert parent.info.status == "FINISHED" and "kd_best_test_acc" in parent.data.metrics
+    ce_best = next(r for r in report["rows"] if r["model"] == "ce_best")
+    assert parent.data.metrics["ce_best_test_acc_mean"] == pytest.approx(ce_best["test_acc"])
+    assert parent.data.metrics["kd_best_vs_ce_best_diff"] == pytest.approx(report["comparison"][0]["diff"])
     artifacts = {a.path for a in client.list_artifacts(parent_id)} | {
         a.path for a in client.list_artifacts(parent_id, "report")}
     assert "tiny.yaml" in artifacts and "report/report.json" in artifacts
@@ -213,21 +225,25 @@ def test_confirmation_reports_every_seed_with_welch_intervals_and_verdicts(searc
     report = json.loads((results / "tiny" / "report.json").read_text())
     rows = {r["model"]: r for r in report["rows"]}
     assert report["confirmed"] and report["confirmation"]["seeds"] == [0, 1, 2]
-    for name in ("student_ce", "kd_reference", "kd_best"):
+    for name in ("student_ce", "kd_reference", "kd_best", "ce_best"):  # ce_best: confirmed on the same seeds
         r = rows[name]
         assert r["seeds"] == [0, 1, 2] and len(r["val_accs"]) == len(r["test_accs"]) == 3
         assert r["val_acc"] == pytest.approx(statistics.mean(r["val_accs"]))
         assert r["test_acc_sd"] == pytest.approx(statistics.stdev(r["test_accs"]))
     assert rows["teacher"]["seeds"] == [0] and rows["teacher"]["val_acc_sd"] is None
     # seed 0 is the search's trial and the baselines' own run, reused
-    best_trial = next(t for t in report["trials"] if t["number"] == rows["kd_best"]["trial"])
-    assert rows["kd_best"]["val_accs"][0] == best_trial["val_acc"]
-    # kd_best: the confirmed trial with the best mean validation accuracy
-    entries = [e for e in report["confirmation"]["entries"] if e["trial"] is not None]
-    assert len(entries) == 2
-    assert rows["kd_best"]["trial"] == max(entries, key=lambda e: statistics.mean(e["val_accs"]))["trial"]
+    for arm, best in (("kd", "kd_best"), ("ce", "ce_best")):
+        best_trial = next(t for t in report["trials"] if t["number"] == rows[best]["trial"] and t["arm"] == arm)
+        assert rows[best]["val_accs"][0] == best_trial["val_acc"] and rows[best]["arm"] == arm
+        # each arm's best: its confirmed trial with the best mean validation accuracy
+        entries = [e for e in report["confirmation"]["entries"] if e["arm"] == arm]
+        assert len(entries) == 2
+        assert rows[best]["trial"] == max(entries, key=lambda e: statistics.mean(e["val_accs"]))["trial"]
     assert report["best_config"] == {k: rows["kd_best"]["config"][k] for k in report["best_config"]}
-    assert [(c["a"], c["b"]) for c in report["comparison"]] == [("kd_best", "student_ce"), ("kd_best", "kd_reference")]
+    assert report["ce_best_config"] == {k: rows["ce_best"]["config"][k] for k in report["ce_best_config"]}
+    assert set(report["ce_best_config"]) == {"lr", "epochs", "mix"} and rows["ce_best"]["config"]["loss"] == "ce"
+    assert [(c["a"], c["b"]) for c in report["comparison"]] == [("kd_best", "ce_best"), ("kd_best", "student_ce"),
+                                                                ("kd_best", "kd_reference")]
     for c in report["comparison"]:
         if rows["kd_best"]["config"] == rows[c["b"]]["config"]:  # kd_best is that baseline's own recipe
             assert c["verdict"] == f"kd_best is {c['b']}'s own setting: nothing to compare"
@@ -238,7 +254,11 @@ def test_confirmation_reports_every_seed_with_welch_intervals_and_verdicts(searc
             if statistics.variance(a) + statistics.variance(b) > 0:
                 assert where["ci95"] == pytest.approx(list(welch_ci(a, b)))
             lo, hi = where["ci95"]
-            word = "beats" if lo > 0 else "trails" if hi < 0 else "no significant difference"
+            if c["b"] == "ce_best":  # the control arm's verdict: does distillation pay over the same tuning?
+                word = ("distillation adds" if lo > 0 else "distillation loses" if hi < 0 else
+                        "no significant gain over a CE student tuned with the same 3 trials")
+            else:
+                word = "beats" if lo > 0 else "trails" if hi < 0 else "no significant difference"
             assert word in where["verdict"] and "3 seeds each" in where["verdict"]
     # the verdicts lead the printed summary and report.md
     assert first.stdout.splitlines()[0].startswith("test accuracy: " + report["comparison"][0]["verdict"])
@@ -246,7 +266,7 @@ def test_confirmation_reports_every_seed_with_welch_intervals_and_verdicts(searc
     assert md.index(report["comparison"][1]["verdict"]) < md.index("```")
     with open(results / "tiny" / "trials.csv") as f:
         confirmed = [t for t in csv.DictReader(f) if t["confirmed_seeds"]]
-    assert len(confirmed) == 2 and all(t["confirmed_seeds"] == "3" for t in confirmed)
+    assert len(confirmed) == 4 and all(t["confirmed_seeds"] == "3" for t in confirmed)
 
 
 def test_confirmation_runs_are_mlflow_children_with_their_seed(searched):
@@ -281,7 +301,7 @@ def test_each_search_registers_a_new_version_of_its_student_as_champion(searched
     champion = client.get_model_version_by_alias("tiny-student", "champion")
     assert int(champion.version) == 2 and champion.tags["kdsearch.parent_run_id"] == again["mlflow"]["parent_run_id"]
     assert "test accuracy: kd_best" in champion.description and float(champion.tags["kdsearch.val_acc"]) == \
-        pytest.approx(again["rows"][-1]["val_acc"], abs=1e-4)
+        pytest.approx(next(r for r in again["rows"] if r["model"] == "kd_best")["val_acc"], abs=1e-4)
     mlflow.set_tracking_uri(first["mlflow"]["tracking_uri"])
     model = mlflow.pytorch.load_model("models:/tiny-student@champion")  # what a team deploying it loads
     assert tuple(model(torch.zeros(3, 3, 32, 32)).shape) == (3, 10)
@@ -301,7 +321,7 @@ def test_the_exported_student_gives_the_trained_students_logits(searched, tiny_a
     model, saved = load_student(folder)  # kd_best's student, as the search saved it
     data = prepare(load_arrays("auto", tiny_archive), 100, None, 0, torch.device("cpu"))  # the study's split
     views = Views(0, mean=tuple(saved["mean"]), std=tuple(saved["std"]))
-    kd_best = report["rows"][-1]
+    kd_best = next(r for r in report["rows"] if r["model"] == "kd_best")
     assert evaluate(model, data.val, views) == pytest.approx(kd_best["val_accs"][0], abs=1.0)  # within an image
     expected = predict(model, data.val.x, views)
     out = tmp_path / f"student.{fmt}"
@@ -333,3 +353,34 @@ def test_export_of_a_folder_without_a_search_is_one_line(tmp_path):
     done = kdsearch("export", tmp_path, cwd=tmp_path)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "no student.pt" in done.stderr, done.stderr
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_the_control_arm_searches_the_same_budget_without_a_distillation_value(searched):
+    """The CE arm: as many trials as the KD arm, the same space less the distillation values, its first trial
+    student_ce's stored run; nowhere (report.json, trials.csv, MLflow) does a CE trial carry a distillation value."""
+    from kdsearch.study.schema import DISTILLATION
+    results = searched[0]
+    report = json.loads((results / "tiny" / "report.json").read_text())
+    by_arm = {arm: [t for t in report["trials"] if t["arm"] == arm] for arm in ("kd", "ce")}
+    assert len(by_arm["kd"]) == len(by_arm["ce"]) == 3
+    assert report["arms"]["ce"]["space"] == ["lr", "epochs", "mix"] and report["control_note"] is None
+    for t in by_arm["ce"]:
+        assert not set(t["params"]) & set(DISTILLATION), t["params"]
+    rows = {r["model"]: r for r in report["rows"]}
+    for arm, baseline in (("kd", "kd_reference"), ("ce", "student_ce")):  # trial 0: the baseline's own run
+        first = next(t for t in by_arm[arm] if t["number"] == 0)
+        assert first["reused"] == baseline and first["val_acc"] == rows[baseline]["val_accs"][0]
+        assert [h["val_acc"] for h in first["history"]] == [h["val_acc"] for h in rows[baseline]["history"]]
+    with open(results / "tiny" / "trials.csv") as f:
+        ce_rows = [r for r in csv.DictReader(f) if r["arm"] == "ce"]
+    assert len(ce_rows) == 3 and all(r["temperature"] == r["alpha"] == "" for r in ce_rows)
+    # what each arm cost: the trials' epochs over the training split; the KD arm also its teacher and tables
+    c, train = report["compute"], 400 - 100  # the tiny archive's 400 training images, 100 of them validation
+    for arm in ("kd", "ce"):
+        assert c[arm]["trial_epochs"] == sum(t["epochs_run"] for t in by_arm[arm])
+        assert c[arm]["images_trained"] == c[arm]["trial_epochs"] * train and c[arm]["search_s"] > 0
+    assert c["kd"]["teacher"] == {"epochs": 1, "images_trained": train, "train_s": rows["teacher"]["train_s"]}
+    assert c["kd"]["logit_tables"]["teacher_forwards"] == 2 * 2 * train  # two mixings, 2 epochs each
+    assert "teacher" not in c["ce"]
+    md = (results / "tiny" / "report.md").read_text()
+    assert md.index(report["comparison"][0]["verdict"]) < md.index("```") and "compute: kd 3 trials" in md

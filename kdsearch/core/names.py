@@ -8,3 +8,6 @@ ROLES = ("teacher", "student")  # a study's two networks (schema.Models' fields,
 NEUTRAL = {"nesterov": False, "warmup_epochs": 0, "ema": None, "label_smoothing": 0.0, "grad_clip": None,
            "mix": "none"}
 METRIC, MODE = "val_acc", "max"  # what the search maximises: the searcher's and the scheduler's objective
+ARMS = {"kd": "kd_reference", "ce": "student_ce"}  # a search's arms (the KD search, the CE control arm), each with
+# the baseline whose recipe every trial of it starts from (its first trial is that baseline's own run)
+BEST = {"kd": "kd_best", "ce": "ce_best"}  # each arm's confirmed winner: a row of the report

@@ -52,6 +52,8 @@ class Trial:
     history: list = field(default_factory=list)  # per epoch: epoch, val_acc, train_loss, loss_<part>
     restarts: list = field(default_factory=list)  # the epoch each restart went on from (tuner._restarts)
     checkpoint: Optional[str] = field(default=None, repr=False)  # its last checkpoint's folder (not reported)
+    arm: str = "kd"  # the search's arm it belongs to: kd, or ce (the control arm; names.ARMS)
+    reused: Optional[str] = None  # the baseline whose stored run it is (a trial at that baseline's own recipe)
 
     def to_json(self):
         return {k: v for k, v in vars(self).items() if k != "checkpoint"}

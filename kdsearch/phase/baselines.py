@@ -3,8 +3,9 @@ for training any recipe of a study on some seeds (`train_recipe`, the `kdsearch 
 
 The baselines are the notebook's MSE student, a CE student and KD with the notebook's settings; each is made
 once and stored."""
+import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 from kdsearch.core.names import BASELINES
 from kdsearch.core.records import Run
@@ -21,7 +22,7 @@ class EnginePhase:
     table (made at its first need only: a stored KD baseline needs none)."""
     teacher: Run
     baselines: dict
-    table: Callable[[str], object]  # (mix) -> the (epochs, N, classes) tensor of that mixing, made or read once
+    table: "LogitTables"  # (mix) -> the (epochs, N, classes) tensor of that mixing, made or read once
 
     @property
     def rows(self):
@@ -37,23 +38,32 @@ def run_key(ctx, recipe, seed, teacher_key=None):
                     teacher_key if recipe.loss in NEEDS_TEACHER else None)
 
 
-def lazy_table(ctx, teacher, teacher_key, epochs):
-    """A function of a mixing (Recipe.mix) that returns the study's logit table of it, made (or read) at its
-    first call only."""
-    held = {}
+class LogitTables:
+    """The study's logit table of each mixing (Recipe.mix), made (or read) at its first call only, with what they
+    cost: the teacher forwards they hold (rows x images, summed over the mixings) and the seconds spent making or
+    reading them in this process (a table read from the store costs its reading only)."""
 
-    def table(mix="none"):
-        if mix not in held:
-            held[mix] = logit_table(ctx, teacher, teacher_key, epochs, mix)
-        return held[mix]
-    return table
+    def __init__(self, ctx, teacher, teacher_key, epochs):
+        self.ctx, self.teacher, self.teacher_key, self.epochs = ctx, teacher, teacher_key, epochs
+        self.held, self.seconds = {}, 0.0
+
+    def __call__(self, mix="none"):
+        if mix not in self.held:
+            start = time.perf_counter()
+            self.held[mix] = logit_table(self.ctx, self.teacher, self.teacher_key, self.epochs, mix)
+            self.seconds += time.perf_counter() - start
+        return self.held[mix]
+
+    @property
+    def forwards(self):
+        return sum(t.shape[0] * t.shape[1] for t in self.held.values())
 
 
 def run_baselines(ctx, table_epochs: Optional[int] = None):
     """Train (or reuse) the teacher and the fixed baselines of the study `ctx`. The logit table covers every KD
     run of the study (the space's longest trial included), or `table_epochs` epochs when given."""
     teacher, teacher_run = get_teacher(ctx)
-    table = lazy_table(ctx, teacher, teacher_run.key, table_epochs or logit_epochs(ctx.study))
+    table = LogitTables(ctx, teacher, teacher_run.key, table_epochs or logit_epochs(ctx.study))
     runs = {}
     for name in BASELINES:
         recipe = getattr(ctx.study.baselines, name)

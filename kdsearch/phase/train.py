@@ -8,7 +8,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from kdsearch.engine.losses import NEEDS_TEACHER
-from kdsearch.phase.baselines import lazy_table, run_key
+from kdsearch.phase.baselines import LogitTables, run_key
 from kdsearch.phase.runs import RunSpec, train_or_load
 from kdsearch.phase.teacher import get_teacher
 from kdsearch.study.schema import parse_recipe
@@ -38,7 +38,7 @@ def train_recipe(ctx, label, recipe, seeds):
         teacher, teacher_run = get_teacher(ctx)
         teacher_key = teacher_run.key
         # the rows this recipe reads: a stored longer table serves them, and a later search extends this one
-        table = lazy_table(ctx, teacher, teacher_key, recipe.epochs)
+        table = LogitTables(ctx, teacher, teacher_key, recipe.epochs)
     runs = []
     for seed in seeds:
         spec = RunSpec(label, recipe, seed, run_key(ctx, recipe, seed, teacher_key))

@@ -4,6 +4,7 @@ Its record and the rule for how it ended are core.records' (no torch: the report
 A trial is a training of the student by a recipe (kd_reference's, with the searched values), each epoch
 handed to a report callback; a confirmation run is the same with another seed. No Ray here: tuner.py and
 confirm.py call it in Ray's workers."""
+import dataclasses
 import os
 import time
 import warnings
@@ -49,6 +50,34 @@ def save_state(state, folder):
 def load_state(folder, device="cpu"):
     """A trial's training state (a loop.RunState) from its checkpoint folder."""
     return RunState(**torch.load(os.path.join(folder, CHECKPOINT), map_location=device, weights_only=True))
+
+
+@dataclass(frozen=True)
+class StoredTrial:
+    """A baseline's stored run of the study's seed, which a trial at that baseline's very recipe is, instead of a
+    second training of it: one recipe and seed give one result (a training in a one-thread Ray worker gives other
+    floats than the baseline's in the driver)."""
+    name: str  # the baseline's: kd_reference, student_ce
+    recipe: dict  # its schema.Recipe, as a dict
+    history: list
+    state: dict  # its model's state_dict, on the CPU
+
+    def matches(self, recipe, seed, data):
+        """Whether a trial of `recipe` (a schema.Recipe) and `seed` on `data` is this very run."""
+        return seed == data.seed and dataclasses.asdict(recipe) == self.recipe
+
+
+def replay(stored, report, resume=None):
+    """A trial that is the StoredTrial `stored`: its epochs handed to report(metrics, state) as run_trial hands
+    a training's (`reused` names the baseline), the last one's state holding the stored weights; a restarted
+    trial (`resume`) goes on after the epochs it reported."""
+    start = time.time()
+    for i in range(len(resume.history) if resume else 0, len(stored.history)):
+        def state(i=i):
+            return RunState(model=stored.state, optimizer={}, order=torch.Generator().get_state(), scheduler=None,
+                            history=stored.history[:i + 1])
+        report({**stored.history[i], "epochs": stored.recipe["epochs"], "train_start": start, "wall": time.time(),
+                "reused": stored.name}, state)
 
 
 def run_trial(recipe, data, seed, report=None, resume=None):

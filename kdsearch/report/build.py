@@ -6,10 +6,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from kdsearch.core.names import CONFIRMED
+from kdsearch.core.names import ARMS, BEST
 from kdsearch.core.records import COMPLETED, ROW_FIELDS
-from kdsearch.report.stats import mean_sd, verdict, welch
+from kdsearch.report.control import Costs, comparisons, compute, control_note
+from kdsearch.report.stats import mean_sd
 from kdsearch.report.tables import (
+    arm_importances,
+    compute_line,
     format_table,
     networks_lines,
     notebook_compares,
@@ -25,42 +28,64 @@ class ReportMeta:
     study: str  # the study's name
     name: str  # the search's name (its folder)
     space: dict  # {name: schema.Param}
-    importances: dict  # importance.py's figures
+    importances: dict  # {arm: importance.py's figures}
     mlflow: dict  # the tracker's info
     dashboard: str
     networks: dict  # pipeline.networks_info: the specs, parameter counts, image size, whether the notebook compares
+    arms: dict  # {arm: the names its space searches}: kd, and ce when the control arm ran
+    control: bool  # search.control: whether the study asked for the control arm
+    costs: Costs
 
 
 def build(meta, rows, confirmation, trials):
     """The report's content, as report.json holds it. rows: the engine phase's Runs (the study's seed);
-    confirmation: the confirmation stage's Confirmation; trials: the search's Trials."""
-    winner = confirmation.entries[confirmation.best]
-    seeds, entries = winner.seeds, [e.to_json() for e in confirmation.entries]
-    trials = [t.to_json() for t in trials]
-    trial = next(t for t in trials if t["number"] == winner.trial)
-    kd_best = {"model": "kd_best", "params": confirmation.student_params, "train_s": trial["train_s"],
-               "config": winner.config, "history": winner.history, "trial": winner.trial}
+    confirmation: the confirmation stage's Confirmation; trials: the search's Trials, of every arm."""
+    entries, trials = [e.to_json() for e in confirmation.entries], [t.to_json() for t in trials]
+    winners = {arm: confirmation.entries[i] for arm, i in confirmation.best.items()}
+    seeds = winners["kd"].seeds
     by_model = {e["model"]: e for e in entries if e["trial"] is None}
-    by_model["kd_best"] = entries[confirmation.best]
+    best_rows = []
+    for arm, w in winners.items():
+        trial = _trial(trials, arm, w.trial)
+        best_rows.append({"model": BEST[arm], "params": confirmation.student_params, "train_s": trial["train_s"],
+                          "config": w.config, "history": w.history, "trial": w.trial, "arm": arm})
+        by_model[BEST[arm]] = entries[confirmation.best[arm]]
     out = []
-    for r in [r.to_json() for r in rows] + [kd_best]:
+    for r in [r.to_json() for r in rows] + best_rows:
         e = by_model.get(r["model"])
         vals, tests = (e["val_accs"], e["test_accs"]) if e else ([r["val_acc"]], [r["test_acc"]])
         (val, val_sd), (test, test_sd) = mean_sd(vals), mean_sd(tests)
-        out.append({**{k: r.get(k) for k in ROW_FIELDS if k not in ("key", "seed")}, **({"trial": r["trial"]} if "trial" in r else {}),
+        out.append({**{k: r.get(k) for k in ROW_FIELDS if k not in ("key", "seed")},
+                    **{k: r[k] for k in ("trial", "arm") if k in r},
                     "val_acc": val, "test_acc": test,
                     "val_acc_sd": val_sd, "test_acc_sd": test_sd, "val_accs": vals, "test_accs": tests,
-                    "seeds": seeds if e else seeds[:1]})
+                    "seeds": e["seeds"] if e else seeds[:1]})
+    per_arm = {arm: sum(t.get("arm", "kd") == arm for t in trials) for arm in meta.arms}
     return {"study": meta.study, "name": meta.name, "rows": out,
-            "best_config": {k: winner.config[k] for k in meta.space if k in trial["params"]},  # its loss's values
+            "best_config": _searched(winners["kd"], meta.arms["kd"], trials, "kd"),  # its loss's values
+            "ce_best_config": _searched(winners["ce"], meta.arms["ce"], trials, "ce") if "ce" in winners else None,
             "confirmed": len(seeds) > 1,
             "confirmation": {"seeds": seeds, "note": CONFIRM_NOTE, "entries": entries},
-            "comparison": comparisons(out) if len(seeds) > 1 else [],
+            "comparison": comparisons(out, per_arm.get("kd")) if len(seeds) > 1 else [],
+            "arms": {arm: {"baseline": ARMS[arm], "best": BEST[arm], "space": names, "trials": per_arm[arm]}
+                     for arm, names in meta.arms.items()},
+            "control_note": control_note(meta),
+            "compute": compute(meta.costs, trials, meta.arms),
             "num_trials": len(trials),
             "space": {k: dataclasses.asdict(p) for k, p in meta.space.items()},
-            "families": families(trials, meta.space, entries),
+            "families": families([t for t in trials if t.get("arm", "kd") == "kd"], meta.space, entries),
             "importances": meta.importances,
             "trials": trials, "mlflow": meta.mlflow, "dashboard": meta.dashboard, "networks": meta.networks}
+
+
+def _trial(trials, arm, number):
+    return next(t for t in trials if t.get("arm", "kd") == arm and t["number"] == number)
+
+
+def _searched(winner, names, trials, arm):
+    """The winner's searched values (a loss's own only: those its trial holds)."""
+    params = _trial(trials, arm, winner.trial)["params"]
+    return {k: winner.config[k] for k in names if k in params}
 
 
 def families(trials, space, confirmed):
@@ -92,28 +117,6 @@ def baselines_note(report):
 CONFIRM_NOTE = ("A seed changes the initialisation and the batch order; the augmented views and the teacher's logit "
                 "table stay the study's. Means and 95 % Welch intervals are over seeds; test accuracy was measured "
                 "once per model and chose nothing.")
-
-
-def comparisons(rows):
-    """kd_best against student_ce and against kd_reference: the difference of mean test accuracy with its 95 %
-    Welch interval and a verdict; the same for validation accuracy under "val"."""
-    by = {r["model"]: r for r in rows}
-    out = []
-    for b in CONFIRMED:
-        a_row, b_row = by["kd_best"], by[b]
-        if len(b_row["seeds"]) < 2:  # its confirmation failed: nothing to compare with
-            continue
-        entry = {"a": "kd_best", "b": b}
-        for metric, where in (("test_accs", entry), ("val_accs", entry.setdefault("val", {}))):
-            if a_row["config"] == b_row["config"]:  # the same recipe: its runs are no independent samples
-                where.update({"diff": 0.0, "ci95": [0.0, 0.0],
-                              "verdict": f"kd_best is {b}'s own setting: nothing to compare"})
-                continue
-            diff, ci = welch(a_row[metric], b_row[metric])
-            where.update({"diff": diff, "ci95": list(ci),
-                          "verdict": verdict(("kd_best", b), diff, ci, (len(a_row[metric]), len(b_row[metric])))})
-        out.append(entry)
-    return out
 
 
 def timings(total_s, trials, engine_s, search_s, confirm_s):
@@ -158,10 +161,13 @@ def write(report, folder, figures):
     (folder / "report.json").write_text(json.dumps(report, indent=1))
     best, m = report["best_config"], report["mlflow"]
     md = [f"# {report['study']}: KD search report", ""]
+    arms = report.get("arms") or {"kd": {"trials": report["num_trials"]}}
     md += [f"- {line}" for line in verdict_lines(report)] + [""]
-    md += [f"{report['num_trials']} trials; best KD settings by "
+    md += [" and ".join(f"{a['trials']} {arm} trials" for arm, a in arms.items()) + "; best KD settings by "
            + ("mean validation accuracy over seeds" if report.get("confirmed") else "validation accuracy") + ": "
-           + settings(best, " = ", skip=()) + ".", "",
+           + settings(best, " = ", skip=()) + "."
+           + (f" Best CE settings: {settings(report['ce_best_config'], ' = ', skip=())}."
+              if report.get("ce_best_config") else ""), "",
            *networks_lines(report), "",
            "```", format_table(report["rows"], times=False, notebook=notebook_compares(report)), "```", "",
            "Validation accuracy chose everything; test accuracy was measured once per model, for this table."
@@ -171,6 +177,8 @@ def write(report, folder, figures):
         md += [report["confirmation"]["note"], ""]
     if report.get("timings"):
         md += [timings_line(report), ""]
+    if compute_line(report):
+        md += [compute_line(report) + ".", ""]
     md += _families_md(report) + _importances_md(report)
     md += [f"MLflow: `{m['ui_command']}` (experiment `{m['experiment']}`, parent run `{m['parent_run_id']}`).", ""]
     md += [f"![{p.stem}]({p.name})" for p in figures if p.suffix == ".png"]
@@ -198,19 +206,21 @@ def _families_md(report):
 
 
 def _importances_md(report):
-    imp = report.get("importances")
-    if imp is None:  # a report from before importances
+    if report.get("importances") is None:  # a report from before importances
         return []
-    done = sum(t["state"] == COMPLETED for t in report["trials"])
-    if not imp:
-        why = (f"{done} completed trial(s), fewer than 3" if done < 3 else
-               f"over the {done} completed trials the evaluator found no difference between the best and the rest "
-               f"(equal accuracies), or it failed (the search's log says)")
-        return ["## Hyperparameter importances", "", f"Not computed: {why}.", ""]
-    hint = " With so few trials they are a rough hint." if done < 20 else ""
-    return ["## Hyperparameter importances", "",
-            f"Over the {done} completed trials, by {IMPORTANCE_EVALUATOR}.{hint}", "",
-            "| hyperparameter | importance |", "|---|---|", *[f"| {k} | {v:.3f} |" for k, v in imp.items()], ""]
+    md = ["## Hyperparameter importances", ""]
+    for arm, imp in arm_importances(report).items() or [("kd", {})]:
+        done = sum(t["state"] == COMPLETED for t in report["trials"] if t.get("arm", "kd") == arm)
+        if not imp:
+            why = (f"{done} completed trial(s), fewer than 3" if done < 3 else
+                   f"over the {done} completed trials the evaluator found no difference between the best and the "
+                   f"rest (equal accuracies), or it failed (the search's log says)")
+            md += [f"{arm} arm: not computed: {why}.", ""]
+            continue
+        hint = " With so few trials they are a rough hint." if done < 20 else ""
+        md += [f"{arm} arm, over its {done} completed trials, by {IMPORTANCE_EVALUATOR}.{hint}", "",
+               "| hyperparameter | importance |", "|---|---|", *[f"| {k} | {v:.3f} |" for k, v in imp.items()], ""]
+    return md
 
 
 IMPORTANCE_EVALUATOR = ("Optuna's PED-ANOVA evaluator (its default): how much each value's distribution among the "
@@ -219,16 +229,18 @@ IMPORTANCE_EVALUATOR = ("Optuna's PED-ANOVA evaluator (its default): how much ea
 
 
 def _trials_csv(report, path):
-    """One line per trial; confirmed trials also carry their means over the confirmation's seeds."""
+    """One line per trial, with its arm (kd, ce); confirmed trials also carry their means over the confirmation's
+    seeds."""
     keys = sorted({k for t in report["trials"] for k in t["params"]})
-    confirmed = {e["trial"]: e for e in (report.get("confirmation") or {}).get("entries", [])
+    confirmed = {(e.get("arm") or "kd", e["trial"]): e for e in (report.get("confirmation") or {}).get("entries", [])
                  if e["trial"] is not None and report.get("confirmed")}
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["number", "trial_id", "state", *keys, "val_acc", "epochs_run", "train_s",
-                    "confirmed_val_acc_mean", "confirmed_test_acc_mean", "confirmed_seeds", "error"])
+        w.writerow(["arm", "number", "trial_id", "state", *keys, "val_acc", "epochs_run", "train_s",
+                    "confirmed_val_acc_mean", "confirmed_test_acc_mean", "confirmed_seeds", "reused", "error"])
         for t in report["trials"]:
-            e = confirmed.get(t["number"])
+            e = confirmed.get((t.get("arm", "kd"), t["number"]))
             means = [mean_sd(e["val_accs"])[0], mean_sd(e["test_accs"])[0], len(e["seeds"])] if e else ["", "", ""]
-            w.writerow([t["number"], t["trial_id"], t["state"], *[t["params"].get(k) for k in keys],
-                        t["val_acc"], t["epochs_run"], round(t["train_s"], 1), *means, t.get("error") or ""])
+            w.writerow([t.get("arm", "kd"), t["number"], t["trial_id"], t["state"],
+                        *[t["params"].get(k) for k in keys], t["val_acc"], t["epochs_run"], round(t["train_s"], 1),
+                        *means, t.get("reused") or "", t.get("error") or ""])

@@ -8,12 +8,19 @@ import matplotlib.ticker
 matplotlib.use("Agg")  # no screen: files only
 import matplotlib.pyplot as plt  # noqa: E402
 
-from kdsearch.core.names import CONFIRMED  # noqa: E402
+from kdsearch.core.names import BEST, CONFIRMED  # noqa: E402
 from kdsearch.core.records import COMPLETED, PRUNED, TRIAL_STATES  # noqa: E402
 from kdsearch.report.stats import mean_interval  # noqa: E402
+from kdsearch.report.tables import arm_importances  # noqa: E402
 
 
 COLORS = dict(zip(TRIAL_STATES, ("tab:blue", "tab:orange", "tab:purple", "tab:red")))  # a trial's, by its state
+MARKERS = {"kd": "o", "ce": "s"}  # a trial's, by its arm (the KD search, the CE control arm)
+BEST_SO_FAR = {"kd": "-", "ce": "--"}
+
+
+def _arm(trial):
+    return trial.get("arm", "kd")  # a report from before the control arm: every trial is KD's
 
 
 def plot_report(report, folder):
@@ -26,27 +33,32 @@ def plot_report(report, folder):
     paths.append(_curves(report, folder / "curves.png"))
     if report.get("families") and "temperature" in report["space"]:
         paths.append(_families(report, trials, folder / "families.png"))
-    if report.get("importances"):
-        paths.append(_importances(report["importances"], folder / "importances.png"))
+    if any(arm_importances(report).values()):
+        paths.append(_importances(arm_importances(report), folder / "importances.png"))
     if report.get("confirmed"):
         paths.append(_confirmation(report, folder / "confirmation.png"))
     return paths
 
 
 def _history(report, trials, path):
-    """Each trial's validation accuracy by its number and state, the best so far, the confirmed baselines."""
+    """Each trial's validation accuracy by its number (within its arm), state (colour) and arm (marker: o KD, s
+    CE), each arm's best so far (solid KD, dashed CE), the confirmed baselines."""
     baselines = {r["model"]: r for r in report["rows"]}
     fig, ax = plt.subplots(figsize=(7, 4))
-    for state, color in COLORS.items():
-        pts = [(t["number"], t["val_acc"]) for t in trials if t["state"] == state]
-        if pts:
-            ax.scatter(*zip(*pts), c=color, label=state, s=25)
-    best, line = float("-inf"), []
-    for t in sorted(trials, key=lambda t: t["number"]):
-        if t["state"] == COMPLETED:
-            best = max(best, t["val_acc"])
-        line.append((t["number"], best if best > float("-inf") else None))
-    ax.plot([n for n, b in line if b is not None], [b for n, b in line if b is not None], c="k", label="best so far")
+    arms = list(dict.fromkeys(_arm(t) for t in trials))
+    for arm in arms:
+        for state, color in COLORS.items():
+            pts = [(t["number"], t["val_acc"]) for t in trials if t["state"] == state and _arm(t) == arm]
+            if pts:
+                ax.scatter(*zip(*pts), c=color, marker=MARKERS.get(arm, "^"), s=25,
+                           label=f"{arm} {state}" if len(arms) > 1 else state)
+        best, line = float("-inf"), []
+        for t in sorted((t for t in trials if _arm(t) == arm), key=lambda t: t["number"]):
+            if t["state"] == COMPLETED:
+                best = max(best, t["val_acc"])
+            line.append((t["number"], best if best > float("-inf") else None))
+        ax.plot([n for n, b in line if b is not None], [b for n, b in line if b is not None], c="k",
+                ls=BEST_SO_FAR.get(arm, ":"), label=f"{arm} best so far" if len(arms) > 1 else "best so far")
     for name, style in zip(reversed(CONFIRMED), ("--", ":")):
         if name in baselines:
             ax.axhline(baselines[name]["val_acc"], ls=style, c="gray", label=name)
@@ -71,11 +83,15 @@ def _params(report, trials, path):
         if p.get("type") == "choice":
             ax.set_xticks(range(len(p["values"])), ["null" if v is None else str(v) for v in p["values"]])
             x = [p["values"].index(v) for v in x]
-        ax.scatter(x, [t["val_acc"] for t in having], c=[COLORS.get(t["state"], "k") for t in having], s=20)
+        for arm in dict.fromkeys(_arm(t) for t in having):  # the marker tells the arms apart: o KD, s CE
+            mine = [(xi, t) for xi, t in zip(x, having) if _arm(t) == arm]
+            ax.scatter([xi for xi, _ in mine], [t["val_acc"] for _, t in mine], marker=MARKERS.get(arm, "^"),
+                       c=[COLORS.get(t["state"], "k") for _, t in mine], s=20)
         if p.get("type") == "loguniform":
             _log_x(ax)
         ax.set(xlabel=name, ylabel="val acc (%)")
-    fig.suptitle("Validation accuracy against each hyperparameter")
+    fig.suptitle("Validation accuracy against each hyperparameter"
+                 + (" (o: KD trials, s: CE trials)" if len({_arm(t) for t in trials}) > 1 else ""))
     return _save(fig, path)
 
 
@@ -86,7 +102,8 @@ def _curves(report, path):
     for name, history in curves:
         if history:
             ax.plot([h["epoch"] for h in history], [h["val_acc"] for h in history], label=name,
-                    lw=2.5 if name == "kd_best" else 1.2, marker="o" if len(history) == 1 else None)  # else unseen
+                    lw=2.5 if name in BEST.values() else 1.2,
+                    marker="o" if len(history) == 1 else None)  # a one-epoch curve: a point, else unseen
     ax.set(xlabel="epoch", ylabel="validation accuracy (%)", title="Learning curves: best trial and baselines")
     ax.legend(fontsize=8)
     return _save(fig, path)
@@ -112,25 +129,32 @@ def _families(report, trials, path):
     return _save(fig, path)
 
 
-def _importances(importances, path):
-    """Each hyperparameter's importance (Optuna's evaluator), largest at the top."""
-    names = list(importances)[::-1]
-    fig, ax = plt.subplots(figsize=(6, 0.45 * len(names) + 1.4))
-    ax.barh(names, [importances[n] for n in names], color="tab:blue")
-    ax.set(xlabel="importance (sums to 1)", title="Hyperparameter importances (PED-ANOVA)")
+def _importances(by_arm, path):
+    """Each hyperparameter's importance (Optuna's evaluator), largest at the top, one panel per arm."""
+    shown = {arm: imp for arm, imp in by_arm.items() if imp}
+    tall = max(len(imp) for imp in shown.values())
+    fig, axes = plt.subplots(1, len(shown), figsize=(6 * len(shown), 0.45 * tall + 1.4), squeeze=False)
+    for ax, (arm, imp) in zip(axes[0], shown.items()):
+        names = list(imp)[::-1]
+        ax.barh(names, [imp[n] for n in names], color="tab:blue" if arm == "kd" else "tab:green")
+        ax.set(xlabel="importance (sums to 1)", title=f"{arm} arm" if len(shown) > 1 else None)
+    fig.suptitle("Hyperparameter importances (PED-ANOVA)")
     return _save(fig, path)
 
 
 def _confirmation(report, path):
     """Every confirmed model across seeds: each seed a point, the mean a bar, its 95 % t interval a line."""
     entries = report["confirmation"]["entries"]
-    best = next(r for r in report["rows"] if r["model"] == "kd_best")["trial"]
-    names = [e["model"] + (" (kd_best)" if e["trial"] == best and e["trial"] is not None else "") for e in entries]
+    best = {(r.get("arm", "kd"), r["trial"]): r["model"] for r in report["rows"] if r["model"] in BEST.values()}
+    names = [e["model"] + (f" ({best[e.get('arm') or 'kd', e['trial']]})" if e["trial"] is not None
+                           and (e.get("arm") or "kd", e["trial"]) in best else "") for e in entries]
+    colour = {"kd": "tab:blue", "ce": "tab:green"}
     fig, axes = plt.subplots(1, 2, figsize=(max(7, 1.4 * len(entries) + 2), 4), squeeze=False)
     for ax, metric, label in zip(axes[0], ("val_accs", "test_accs"), ("validation", "test")):
         for x, e in enumerate(entries):
             values = e[metric]
-            ax.scatter([x] * len(values), values, s=18, c="tab:blue" if e["trial"] is not None else "tab:gray")
+            ax.scatter([x] * len(values), values, s=18,
+                       c=colour.get(e.get("arm") or "kd", "k") if e["trial"] is not None else "tab:gray")
             ci = mean_interval(values)
             if ci:
                 ax.errorbar(x, sum(values) / len(values), yerr=[[sum(values) / len(values) - ci[0]],

@@ -129,12 +129,40 @@ def recipe_label(params):
 
 
 def verdict_lines(report):
-    """The verdicts that lead the report: kd_best against each baseline, or why there are none."""
+    """The verdicts that lead the report: kd_best against ce_best (the control arm's), or why there is none, then
+    against each fixed baseline; or why there are none."""
     if "confirmation" not in report:
         return ["kd_best is unconfirmed: this report predates the confirmation over seeds; no intervals."]
+    note = [report["control_note"]] if report.get("control_note") else []
     if not report.get("confirmed"):
-        return ["kd_best is unconfirmed: it is the best single-seed trial (confirm.seeds: 1); no intervals."]
-    return [f"test accuracy: {c['verdict']}" for c in report["comparison"]]
+        return ["kd_best is unconfirmed: it is the best single-seed trial (confirm.seeds: 1); no intervals."] + note
+    lines = [f"test accuracy: {c['verdict']}" for c in report["comparison"]]
+    return (lines[:1] + note + lines[1:]) if lines and report["comparison"][0]["b"] == "ce_best" else note + lines
+
+
+def arm_importances(report):
+    """{arm: importances} of a report (one from before the control arm held the KD arm's alone)."""
+    imp = report.get("importances") or {}
+    return {"kd": imp} if imp and all(isinstance(v, (int, float)) for v in imp.values()) else imp
+
+
+def compute_line(report):
+    """What each arm computed, e.g. "compute: kd 12 trials, 96 trial-epochs (384,000 images), 212 s training, 150 s
+    search; plus its teacher (8 epochs, 32,000 images, 60 s) and logit tables (120,000 teacher forwards, 31 s) ·
+    ce ..."."""
+    c = report.get("compute")
+    if not c:
+        return None
+    parts = []
+    for arm, a in c.items():
+        text = (f"{arm} {a['trials']} trials, {a['trial_epochs']} trial-epochs ({a['images_trained']:,} images), "
+                f"{a['train_s']:.0f} s training" + (f", {a['search_s']:.0f} s search" if a.get("search_s") else ""))
+        if "teacher" in a:
+            t, lt = a["teacher"], a["logit_tables"]
+            text += (f"; plus its teacher ({t['epochs']} epochs, {t['images_trained']:,} images, {t['train_s']:.0f} s) "
+                     f"and logit tables ({lt['teacher_forwards']:,} teacher forwards, {lt['s']:.0f} s here)")
+        parts.append(text)
+    return "compute: " + " · ".join(parts)
 
 
 def timings_line(report):
@@ -159,8 +187,11 @@ def print_summary(report, written, out=sys.stdout):
         b = f["best"]
         print(f"best {f['loss']}: " + (f"{b['val_acc']:.2f}% val (trial {b['trial']}; {settings(b['params'])})"
                                        if b else "no completed trial"), file=out)
-    if report.get("importances"):
-        print("importances: " + ", ".join(f"{k} {v:.2f}" for k, v in report["importances"].items()), file=out)
+    for arm, imp in arm_importances(report).items():
+        if imp:
+            print(f"importances ({arm}): " + ", ".join(f"{k} {v:.2f}" for k, v in imp.items()), file=out)
+    if compute_line(report):
+        print(compute_line(report), file=out)
     if report.get("timings"):
         print("\n" + timings_line(report), file=out)
     print(f"report: {written[1]}", file=out)

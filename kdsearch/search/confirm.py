@@ -3,8 +3,9 @@
 A seed changes the initialisation and the batch order; the augmented views and the teacher's logit table stay
 the study's. The study's own seed is never trained twice: its runs are the search's trials and the baselines.
 The baselines' other seeds are stored like the baselines, so a second search of the study trains none of them.
-Test accuracy is measured once per model, at the end of the stage, for the report only; kd_best is the
-confirmed configuration with the best mean validation accuracy.
+Test accuracy is measured once per model, at the end of the stage, for the report only. Each arm's top_k go
+through it alike; kd_best (ce_best: the CE control arm's) is its arm's confirmed configuration with the best
+mean validation accuracy.
 """
 import dataclasses
 import time
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from kdsearch.core.errors import first_line
-from kdsearch.core.names import CONFIRMED
+from kdsearch.core.names import ARMS, CONFIRMED
 from kdsearch.core.progress import progress
 from kdsearch.core.records import COMPLETED
 from kdsearch.engine.loop import evaluate, new_model
@@ -26,8 +27,9 @@ from kdsearch.study.schema import Recipe
 
 @dataclass
 class ConfirmEntry:
-    """One confirmed model: a search trial (its number) or a baseline (trial None), its whole recipe, and its
-    validation and test accuracy per seed, in the order of `seeds`; history: the study seed's run."""
+    """One confirmed model: a search trial (its number, its arm) or a baseline (trial and arm None), its whole
+    recipe, and its validation and test accuracy per seed, in the order of `seeds`; history: the study seed's
+    run."""
     model: str
     trial: Optional[int]
     config: dict
@@ -35,6 +37,7 @@ class ConfirmEntry:
     val_accs: list
     test_accs: list
     history: list = field(default_factory=list)
+    arm: Optional[str] = None  # kd, ce (names.ARMS); None: a baseline
 
     def to_json(self):
         return {k: v for k, v in vars(self).items() if k != "history"}
@@ -43,7 +46,7 @@ class ConfirmEntry:
 @dataclass
 class Confirmation:
     entries: list  # ConfirmEntry
-    best: int  # kd_best's index in entries
+    best: dict  # {arm: its winner's index in entries}: kd_best's, ce_best's (names.BEST)
     student: object  # kd_best's student of the study's seed (a torch module)
 
     @property
@@ -71,9 +74,10 @@ def confirm(ctx, phase, trials, workers, tracker):
     """Run the stage; return a Confirmation. `phase`: the engine phase (the baselines' Runs); `trials`: the
     search's Trials, each with its last checkpoint.
 
-    With one seed the stage is off: the entry is the best trial alone, unconfirmed. Entries with the same recipe
-    (the first trial is kd_reference's point) share their new seeds' runs: each is trained once. A run that
-    fails takes its entries out of the confirmation; the search's report still comes.
+    With one seed the stage is off: the entries are each arm's best trial alone, unconfirmed. Entries with the
+    same recipe (each arm's first trial is its baseline's point) share their new seeds' runs: each is trained
+    once. A run that fails takes its entries out of the confirmation; an arm whose every entry failed keeps its
+    best trial, unconfirmed; the search's report still comes.
     """
     seeds = [ctx.study.seed + i for i in range(ctx.study.confirm.seeds)]
     entries, students = _entries(ctx, phase, trials, seeds)
@@ -115,30 +119,41 @@ def confirm(ctx, phase, trials, workers, tracker):
             e.seeds.append(s)
             e.val_accs.append(val)
             e.test_accs.append(test)
+    return _winners(entries, failed, students)
+
+
+def _winners(entries, failed, students):
+    """The Confirmation: the entries but the `failed` ones (an arm whose every entry failed keeps its best trial,
+    unconfirmed), each arm's winner by mean validation accuracy, and kd_best's student."""
     keep = [i for i in range(len(entries)) if i not in failed]
-    if not any(entries[i].trial is not None for i in keep):  # every confirmed trial failed: unconfirmed
-        keep = [0]
-        for name in ("seeds", "val_accs", "test_accs"):
-            setattr(entries[0], name, getattr(entries[0], name)[:1])
+    arms = list(dict.fromkeys(e.arm for e in entries if e.arm is not None))
+    for arm in arms:
+        if not any(entries[i].arm == arm for i in keep):  # its every confirmed trial failed: its best, unconfirmed
+            first = next(i for i, e in enumerate(entries) if e.arm == arm)
+            for name in ("seeds", "val_accs", "test_accs"):
+                setattr(entries[first], name, getattr(entries[first], name)[:1])
+            keep = sorted([*keep, first])
     kept = [entries[i] for i in keep]
-    best = max((i for i, e in enumerate(kept) if e.trial is not None), key=lambda i: sum(kept[i].val_accs))
-    return Confirmation(kept, best, students[keep[best]])
+    best = {arm: max((i for i, e in enumerate(kept) if e.arm == arm), key=lambda i: sum(kept[i].val_accs))
+            for arm in arms}
+    return Confirmation(kept, best, students[keep[best["kd"]]])
 
 
 def _entries(ctx, phase, trials, seeds):
-    """The models to confirm, each with the study seed's result: the top_k completed trials (their students read
-    from their checkpoints; test accuracy measured later), then the CONFIRMED baselines. Returns (entries,
-    {entry index: student}); with one seed, the best trial alone."""
-    done = sorted((t for t in trials if t.state == COMPLETED), key=lambda t: -t.val_acc)
-    base = phase.baselines["kd_reference"].config
+    """The models to confirm, each with the study seed's result: each arm's top_k completed trials (their
+    students read from their checkpoints; test accuracy measured later; a CE arm's named ce_trial_N), then the
+    CONFIRMED baselines. Returns (entries, {entry index: student}); with one seed, each arm's best trial alone."""
     entries, students = [], {}
-    for t in done[:ctx.study.confirm.top_k if len(seeds) > 1 else 1]:
-        config = {**base, **t.params}
-        student = new_model(ctx.networks, config["model"], seeds[0], ctx.data.train.x.device)
-        student.load_state_dict(load_state(t.checkpoint, ctx.data.train.x.device).model)
-        students[len(entries)] = student
-        entries.append(ConfirmEntry(f"trial_{t.number}", t.number, config, [seeds[0]], [t.val_acc], [None],
-                                    t.history))
+    for arm in dict.fromkeys(t.arm for t in trials):  # in the search's order: kd, then ce
+        done = sorted((t for t in trials if t.arm == arm and t.state == COMPLETED), key=lambda t: -t.val_acc)
+        base = phase.baselines[ARMS[arm]].config
+        for t in done[:ctx.study.confirm.top_k if len(seeds) > 1 else 1]:
+            config = {**base, **t.params}
+            student = new_model(ctx.networks, config["model"], seeds[0], ctx.data.train.x.device)
+            student.load_state_dict(load_state(t.checkpoint, ctx.data.train.x.device).model)
+            students[len(entries)] = student
+            entries.append(ConfirmEntry(f"trial_{t.number}" if arm == "kd" else f"{arm}_trial_{t.number}",
+                                        t.number, config, [seeds[0]], [t.val_acc], [None], t.history, arm))
     for name in CONFIRMED if len(seeds) > 1 else ():
         r = phase.baselines[name]
         entries.append(ConfirmEntry(name, None, r.config, [seeds[0]], [r.val_acc], [r.test_acc], r.history))

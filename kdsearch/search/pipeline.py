@@ -5,7 +5,6 @@ Checks, Ray, the engine phase, the search, the trials, the confirmation over see
 import contextlib
 import dataclasses
 import json
-import os
 import sys
 import time
 import uuid
@@ -18,25 +17,24 @@ from kdsearch.core.errors import UserError
 from kdsearch.core.log import log_stderr
 from kdsearch.core.names import ROLES
 from kdsearch.core.records import COMPLETED
-from kdsearch.data.dataset import check_source
-from kdsearch.engine.loop import pick_device
 from kdsearch.engine.networks import LogitsOnly
 from kdsearch.phase.baselines import run_baselines
 from kdsearch.phase.context import open_study, resolve_networks
 from kdsearch.phase.teacher import logit_mixes
-from kdsearch.phase.trial import TrialData
+from kdsearch.phase.trial import StoredTrial, TrialData
 from kdsearch.report import build as reports
-from kdsearch.search.cluster import check_address, start_ray, stop_ray
+from kdsearch.report.control import Costs
+from kdsearch.search.cluster import start_ray, stop_ray
 from kdsearch.search.confirm import Workers, confirm
 from kdsearch.search.importance import importances
+from kdsearch.search.precheck import precheck
 from kdsearch.search.searcher import make_searcher
 from kdsearch.search.state import SearchState
 from kdsearch.search.tune_callback import trial_callback
 from kdsearch.search.tuner import TuneJob, build_tuner, collect_trials, fit
 from kdsearch.study.schema import MIXES
-from kdsearch.study.space import first_point, space_epochs
+from kdsearch.study.space import first_point, space_epochs, study_arms
 from kdsearch.tools.export import save_student
-from kdsearch.tracking.store_uri import check_uri, default_uri
 
 
 @dataclasses.dataclass
@@ -73,23 +71,23 @@ def run_search(study, study_file, options, log=log_stderr):
             phase = run_baselines(ctx)
             data = trial_data(ctx, phase.table, resources, trial_device)
         networks = networks_info(ctx, phase)
+        arms = study_arms(study, log)
         tracker.start_parent(name, record["search_id"], [study_file, *ctx.networks.files],
-                             parent_params(study, networks), phase.rows)
-        state.write(stage="the search")
-        kd_ref = study.baselines.kd_reference
-        job = TuneJob(data, dataclasses.asdict(kd_ref), resources, results / name, space_epochs(study.space, kd_ref))
-        with timed(took, "search_s"):
-            trials = search_trials(study, job, tracker, options.resume, log)
+                             parent_params(study, networks, arms), phase.rows)
+        trials = search_arms(ctx, phase, arms, TuneJob(data, "kd", {}, None, resources, results / name, 0),
+                             Driver(state, tracker, options.resume, took, log))
         state.write(stage="the confirmation")
         with timed(took, "confirm_s"):
             confirmation = confirm(ctx, phase, trials, Workers(data, resources, study.search.max_concurrent), tracker)
         state.write(stage="the report")
-        meta = reports.ReportMeta(study.name, name, study.space, importances([t.to_json() for t in trials],
-                                  study.space, log), tracker.info(), dashboard, networks)
+        meta = reports.ReportMeta(study.name, name, study.space, arm_importances(arms, trials, log), tracker.info(),
+                                  dashboard, networks, {a.name: list(a.space) for a in arms}, study.search.control,
+                                  costs(ctx, phase, took))
         report = reports.build(meta, phase.rows, confirmation, trials)
         keep_best(ctx, report, confirmation.student, tracker, results / name)
         figures = reports.render_figures(report, results / name)
-        report["timings"] = reports.timings(time.time() - t0, report["trials"], **took)
+        report["timings"] = reports.timings(time.time() - t0, report["trials"], took["engine_s"], took["search_s"],
+                                            took["confirm_s"])
         written = reports.write(report, results / name, figures)
         tracker.log_report(written)
         status = "FINISHED"
@@ -106,18 +104,69 @@ def run_search(study, study_file, options, log=log_stderr):
             stop_ray()
 
 
-def search_trials(study, job, tracker, resume, log):
-    """The search itself: Tune's trials of `job` (a TuneJob) as records, each mirrored into MLflow by `tracker`;
-    a UserError when none of them completed."""
-    first = first_point(study.space, study.baselines.kd_reference, log)
-    tuner = build_tuner(job, make_searcher(study.space, study.search.seed, first), study.search,
-                        [trial_callback(tracker, list(study.space), log)], resume)
-    trials = collect_trials(fit(tuner), list(study.space))
-    tracker.end_lost_and_running({t.trial_id for t in trials}, "KILLED")
-    if not any(t.state == COMPLETED for t in trials):
-        raise UserError(f"none of the {len(trials)} trials completed; fix: read the trials' errors in "
-                        f"{job.folder / 'trials.csv'} and {job.folder / 'ray'}/*/error.txt")
+@dataclasses.dataclass
+class Driver:
+    """What drives a search's arms: its record (state.SearchState), its MLflow tracker, --resume, the stages'
+    clocks (timed) and where progress lines go."""
+    state: SearchState
+    tracker: object
+    resume: bool
+    took: dict
+    log: object
+
+
+def search_arms(ctx, phase, arms, job, driver):
+    """Each arm's search (space.Arm), one Tune run each, the KD search first: `job` (a TuneJob) made the arm's
+    (its baseline's recipe and stored run, its longest trial). An arm that finished before an interruption is
+    read back on resume (search.json's arms_done). Returns the Trials of every arm; driver.took gets the
+    seconds (search_s, search_<arm>_s)."""
+    trials = []
+    for arm in arms:
+        record = driver.state.write(stage=f"the {arm.name} search")
+        mine = dataclasses.replace(job, arm=arm.name, base=dataclasses.asdict(arm.base),
+                                   reuse=stored_trial(ctx, phase, arm), max_epochs=space_epochs(arm.space, arm.base))
+        with timed(driver.took, "search_s"), timed(driver.took, f"search_{arm.name}_s"):
+            done = driver.resume and arm.name in record.get("arms_done", [])
+            trials += search_trials(arm, mine, ctx.study.search, driver, done)
+        driver.state.write(arms_done=list(dict.fromkeys([*record.get("arms_done", []), arm.name])))
+        driver.tracker.end_lost_and_running({t.trial_id for t in trials}, "KILLED", arm.name)
     return trials
+
+
+def search_trials(arm, job, search, driver, done):
+    """One arm's search (a space.Arm): Tune's trials of `job` (a TuneJob) as records, each mirrored into MLflow
+    by driver.tracker; done: the arm finished before an interruption, its trials are read back, nothing runs. A
+    UserError when none of them completed. Both arms get the same searcher, seed, trial count and scheduler
+    (`search`, the study's running.Search)."""
+    first = first_point(arm.space, arm.base, driver.log, arm.baseline)
+    tuner = build_tuner(job, make_searcher(arm.space, search.seed, first), search,
+                        [trial_callback(driver.tracker, list(arm.space), driver.log, arm.name)], driver.resume)
+    trials = collect_trials(tuner.get_results() if done else fit(tuner), list(arm.space), arm.name)
+    if not any(t.state == COMPLETED for t in trials):
+        raise UserError(f"none of the {len(trials)} trials of the {arm.name} arm completed; fix: read the trials' "
+                        f"errors in {job.folder / 'trials.csv'} and {job.path}/*/error.txt")
+    return trials
+
+
+def stored_trial(ctx, phase, arm):
+    """The StoredTrial of the arm's baseline (its stored run of the study's seed), which the arm's trial at that
+    very recipe is; None when the store lost it (the trial then trains it again)."""
+    run = phase.baselines[arm.baseline]
+    stored = ctx.store.load_run("runs", run.key)
+    return None if stored is None else StoredTrial(run.model, dataclasses.asdict(arm.base), run.history, stored.state)
+
+
+def arm_importances(arms, trials, log):
+    """{arm: importance.py's figures over that arm's trials and space}."""
+    return {a.name: importances([t.to_json() for t in trials if t.arm == a.name], a.space, log) for a in arms}
+
+
+def costs(ctx, phase, took):
+    """What each arm's search and the KD arm's teacher cost (report.Costs)."""
+    teacher = phase.teacher
+    per_arm = {k[len("search_"):-len("_s")]: v for k, v in took.items() if k.startswith("search_") and k != "search_s"}
+    return Costs(len(ctx.data.train), per_arm, len(teacher.history), teacher.train_s, phase.table.forwards,
+                 phase.table.seconds)
 
 
 def keep_best(ctx, report, student, tracker, folder):
@@ -137,55 +186,14 @@ def timed(took, key):
     took[key] = took.get(key, 0.0) + time.time() - start
 
 
-def precheck(study, study_file, results, address):
-    """The cheap checks, before anything is written: a mistake found after the teacher and the baselines costs
-    their hours, and one found after creating the MLflow store leaves it behind. Returns (the study's device,
-    the resources of one trial, the trials' device, the MLflow tracking URI)."""
-    device = pick_device(study.device)
-    resources, trial_device = trial_resources(study.resources, study.search.max_concurrent, device, study_file,
-                                              address)
-    check_source(study.data.source, study.data.path)
-    check_writable(results)
-    uri = study.tracking.uri or default_uri(results)
-    check_uri(uri, study_file)
-    if address is not None:
-        check_address(address)
-    return device, resources, trial_device, uri
-
-
 def mark_running(state, record, described, log):
     """The search's record, written as running: a new one (build_tuner replaces the Tune folder of a finished
     search of this name), or the resumed one's. described: the study as a dict."""
     if record is None:
-        return state.write(status="running", search_id=uuid.uuid4().hex, study=described,
+        return state.write(status="running", search_id=uuid.uuid4().hex, study=described, arms_done=[],
                            command=" ".join(sys.argv[1:]) or "kdsearch search")
     log(f"search: resuming {state.folder.name!r} ({record['status']} at {record.get('stage', 'the start')})")
     return state.write(status="running")
-
-
-def check_writable(results):
-    """The results folder can be made and written (checked without writing anything)."""
-    existing = next(p for p in [results, *results.parents] if p.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write the results folder {results} ({existing} is not a writable folder); fix: "
-                        f"give --results a folder you can write")
-
-
-def trial_resources(resources, max_concurrent, device, file, address):
-    """(the running.Resources of one trial, its GPU share resolved; the trials' device). On a local Ray they
-    are checked against this machine: Tune would otherwise wait forever for resources that do not exist."""
-    on_gpu = device.type == "cuda"
-    gpus = resources.gpu if resources.gpu is not None else (1 / max_concurrent if on_gpu else 0.0)
-    if gpus > 1 and gpus != int(gpus):
-        raise UserError(f"{file}: resources.gpu: a share above 1 must be a whole number of GPUs (got {gpus}); "
-                        f"fix: edit resources.gpu in {file}")
-    if gpus > 0 and not on_gpu:
-        raise UserError(f"{file}: resources.gpu is {gpus} but the study runs on the CPU (device: {device}, "
-                        f"{torch.cuda.device_count()} GPU(s) seen); fix: set resources.gpu to 0 or null")
-    if address is None and resources.cpu > (os.cpu_count() or 1):
-        raise UserError(f"{file}: resources.cpu is {resources.cpu} but this machine has {os.cpu_count()} cores; "
-                        f"fix: lower resources.cpu in {file}")
-    return dataclasses.replace(resources, gpu=gpus), ("cuda" if gpus > 0 else "cpu")
 
 
 def trial_data(ctx, table, resources, device):
@@ -221,9 +229,11 @@ def registered_name(study):
     return (study.tracking.model_name or f"{study.name}-student") if study.tracking.register else None
 
 
-def parent_params(study, networks):
-    """The MLflow parent's params: the search's size, scheduler and seed, each network's spec and size."""
-    return {"num_samples": study.search.num_samples, "scheduler": study.search.scheduler, "seed": study.seed,
+def parent_params(study, networks, arms):
+    """The MLflow parent's params: the search's size (per arm), its arms, scheduler and seed, each network's spec
+    and size."""
+    return {"num_samples": study.search.num_samples, "arms": ",".join(a.name for a in arms),
+            "scheduler": study.search.scheduler, "seed": study.seed,
             **{f"{role}_{k}": networks[role][k] for role in ROLES for k in ("model", "params")}}
 
 

@@ -60,6 +60,11 @@ class SearchState:
                             f"add --resume to continue it, or give another --name to start a new one")
         if resume:
             changed = _diff(record["study"], study)
+            if "search.control" in changed:  # a search started before the control arm existed records none
+                ran = record["study"]["search"].get("control", False)
+                raise UserError(f"--resume: the interrupted search {name!r} ran {'with' if ran else 'without'} the "
+                                f"CE control arm; fix: resume it {'without' if ran else 'with'} --no-control (or "
+                                f"search.control: {str(ran).lower()} in the study file), or give another --name")
             if changed:
                 raise UserError(f"--resume: the study differs from the interrupted search's at {', '.join(changed)}"
                                 f"; fix: resume with the same study file and options (kdsearch {record['command']}), "

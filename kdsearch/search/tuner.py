@@ -9,11 +9,12 @@ import signal
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from kdsearch.core.errors import first_line
 from kdsearch.core.names import METRIC, MODE
 from kdsearch.core.records import Trial, curve_names, trial_state
-from kdsearch.phase.trial import TrialData, run_trial, load_state, save_state
+from kdsearch.phase.trial import StoredTrial, TrialData, load_state, replay, run_trial, save_state
 from kdsearch.search.searcher import NUMBER
 from kdsearch.study.running import Resources
 from kdsearch.study.schema import Recipe
@@ -21,20 +22,29 @@ from kdsearch.study.schema import Recipe
 
 @dataclass
 class TuneJob:
-    """What the Tuner runs and where: the trials' data (into the object store once), kd_reference's recipe as a
-    dict (every trial's base), the resources of one trial (running.Resources, its GPU share resolved), the
-    search's folder (Tune writes <folder>/ray) and the longest a trial can run (ASHA's last rung)."""
+    """What one arm's Tuner runs and where: the trials' data (into the object store once), the arm (kd, ce), its
+    baseline's recipe as a dict (every trial's base) and stored run (what the trial at that recipe is), the
+    resources of one trial (running.Resources, its GPU share resolved), the search's folder (Tune writes
+    <folder>/ray for kd, <folder>/ray-ce for ce) and the longest a trial can run (ASHA's last rung)."""
     data: TrialData
+    arm: str
     base: dict
+    reuse: Optional[StoredTrial]
     resources: Resources
     folder: Path
     max_epochs: int
 
+    @property
+    def path(self):
+        """The arm's Tune folder: ray (the KD arm's, as before the control arm existed), ray-<arm>."""
+        return self.folder / ("ray" if self.arm == "kd" else f"ray-{self.arm}")
 
-def tune_trial(config, data, base):
+
+def tune_trial(config, data, base, reuse=None):
     """run_trial under Tune: each epoch's metrics go to tune.report with a checkpoint of the whole training state
     (weights, optimizer, schedule, batch order, history), and a trial restarted after a failure or a resume goes
-    on from its last checkpoint as if it had never stopped."""
+    on from its last checkpoint as if it had never stopped. A trial at the arm's baseline's own recipe is that
+    baseline's stored run (`reuse`, a StoredTrial), replayed epoch by epoch."""
     from ray import tune
 
     checkpoint = tune.get_checkpoint()
@@ -49,7 +59,10 @@ def tune_trial(config, data, base):
             save_state(state(), d)
             tune.report({**metrics, "resumed_from": resumed_from}, checkpoint=tune.Checkpoint.from_directory(d))
     recipe = Recipe(**{**base, **{k: v for k, v in config.items() if k != NUMBER}})
-    run_trial(recipe, data, data.seed, report=report, resume=resume)
+    if reuse is not None and reuse.matches(recipe, data.seed, data):
+        replay(reuse, report, resume)
+    else:
+        run_trial(recipe, data, data.seed, report=report, resume=resume)
 
 
 def keep_scheduler(scheduler):
@@ -95,9 +108,9 @@ def build_tuner(job, searcher, search, callbacks, resume=False):
     # on Ctrl-C Tune would tell the user to call Tuner.restore(...); kdsearch's last line gives the command to run
     logging.getLogger("ray.tune.tune").addFilter(_no_restore_hint)
 
-    trainable = tune.with_resources(tune.with_parameters(tune_trial, data=job.data, base=job.base),
+    trainable = tune.with_resources(tune.with_parameters(tune_trial, data=job.data, base=job.base, reuse=job.reuse),
                                      {"cpu": job.resources.cpu, "gpu": job.resources.gpu})
-    path = os.path.join(job.folder, "ray")
+    path = str(job.path)
     # a kill between the Tuner's creation and Tune's first snapshot leaves tuner.pkl but no state to restore;
     # Ray 2.60 names that snapshot experiment_state-<time>.json (tests/test_searcher.py checks it)
     if resume and tune.Tuner.can_restore(path) and glob.glob(os.path.join(path, "experiment_state-*.json")):
@@ -112,7 +125,7 @@ def build_tuner(job, searcher, search, callbacks, resume=False):
         trainable,
         tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, search.max_concurrent),
                                     scheduler=scheduler, num_samples=search.num_samples),
-        run_config=tune.RunConfig(name="ray", storage_path=str(job.folder), verbose=0,
+        run_config=tune.RunConfig(name=job.path.name, storage_path=str(job.folder), verbose=0,
                                   callbacks=callbacks + ([keep_scheduler(scheduler)] if scheduler else []),
                                   failure_config=tune.FailureConfig(max_failures=search.max_failures),
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
@@ -133,10 +146,10 @@ def fit(tuner):
     return results
 
 
-def collect_trials(results, names):
-    """One Trial per trial of the result grid, numbered in Optuna's order, with its state (trial_state:
-    completed, pruned, diverged or failed, with its error's line), its per-epoch history and its last
-    checkpoint's folder (a student the confirmation reads)."""
+def collect_trials(results, names, arm="kd"):
+    """One Trial of the arm `arm` per trial of the result grid, numbered in Optuna's order, with its state
+    (trial_state: completed, pruned, diverged or failed, with its error's line), its per-epoch history and its
+    last checkpoint's folder (a student the confirmation reads)."""
     trials = []
     for r in results:
         df, m, config = r.metrics_dataframe, r.metrics or {}, r.config or {}  # None: a trial Tune lost track of
@@ -151,7 +164,8 @@ def collect_trials(results, names):
             params={k: config[k] for k in names if k in config},
             val_acc=history[-1]["val_acc"] if history else None, epochs_run=len(history),
             train_s=m.get("time_s", 0.0), train_start=m.get("train_start"), train_end=m.get("wall"),
-            history=history, restarts=_restarts(df), checkpoint=r.checkpoint.path if r.checkpoint else None))
+            history=history, restarts=_restarts(df), checkpoint=r.checkpoint.path if r.checkpoint else None,
+            arm=arm, reused=m.get("reused")))
     return sorted(trials, key=lambda t: t.number)
 
 

@@ -2,7 +2,7 @@
 tracking. Part of schema.py's schema, which holds the rest."""
 from typing import Literal, Optional
 
-from pydantic import Field
+from pydantic import Field, StrictBool
 from pydantic.dataclasses import dataclass
 
 from kdsearch.study.validation import CONFIG, Float, Int
@@ -17,6 +17,10 @@ class Search:
     grace_period: Int(ge=1) = Field(2, description="ASHA: epochs every trial runs before it may be stopped")
     reduction_factor: Int(ge=2) = Field(3, description="ASHA: keep the best 1/reduction_factor at each rung")
     max_failures: Int(ge=0) = Field(2, description="a trial that raises is retried from its checkpoint this often")
+    control: StrictBool = Field(True, description="the control arm: a CE student searched beside the KD search with "
+                                "the same searcher, trials and scheduler over the space's recipe values (all but "
+                                "the distillation values), so the verdict says whether distillation or the tuning "
+                                "gained; --no-control turns it off")
 
 
 @dataclass(config=CONFIG)

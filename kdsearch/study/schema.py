@@ -79,6 +79,8 @@ class Recipe:
 
 
 SEARCHABLE = tuple(f.name for f in dataclasses.fields(Recipe) if f.name != "model")  # what a space may hold
+# the values only distillation reads: the CE control arm searches the space without them (space.control_space)
+DISTILLATION = ("loss", "temperature", "alpha", *OPTIONAL_VALUES)
 
 
 @dataclass(config=CONFIG)

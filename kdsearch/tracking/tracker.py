@@ -102,9 +102,10 @@ class Tracker:
             if not token:
                 return runs
 
-    def start_trial(self, trial_id, name, params):
-        """A trial's child run; a trial restarted (a retry, a resume) goes on in the run it started. The run is
-        found by its tag, not in memory: after a resume, Tune calls back a copy of this object."""
+    def start_trial(self, trial_id, name, params, arm="kd"):
+        """A trial's child run, tagged kdsearch.arm (kd, or ce: the control arm); a trial restarted (a retry, a
+        resume) goes on in the run it started. The run is found by its tag, not in memory: after a resume, Tune
+        calls back a copy of this object."""
         if trial_id not in self.children:
             for run in self._all(f"tags.`mlflow.parentRunId` = '{self.parent}' and "
                                  f"tags.`kdsearch.trial_id` = '{trial_id}'"):
@@ -116,7 +117,7 @@ class Tracker:
             return
         run = self.client.create_run(self.experiment_id, run_name=name,
                                      tags={"mlflow.parentRunId": self.parent, "kdsearch.trial_id": trial_id,
-                                           "kdsearch.stage": "search"})
+                                           "kdsearch.stage": "search", "kdsearch.arm": arm})
         self.children[trial_id] = run.info.run_id
         self.client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, str(v)) for k, v in params.items()])
 
@@ -149,12 +150,15 @@ class Tracker:
             self.client.set_tag(run_id, "kdsearch.error", error[:500])
         self.client.set_terminated(run_id, {COMPLETED: "FINISHED", PRUNED: "KILLED"}.get(state, "FAILED"))
 
-    def end_lost_and_running(self, trial_ids, status):
-        """After the search (or on Ctrl-C, trial_ids None): a child run left RUNNING ends with `status`, or is
-        deleted when its trial is not among `trial_ids` (a trial started after Tune's last snapshot before a kill:
-        Tune does not know it on resume and Optuna's restored study does not either), so every trial has one."""
+    def end_lost_and_running(self, trial_ids, status, arm=None):
+        """After an arm's search (or on Ctrl-C, trial_ids and arm None: every arm's): a child run of the arm left
+        RUNNING ends with `status`, or is deleted when its trial is not among `trial_ids` (a trial started after
+        Tune's last snapshot before a kill: Tune does not know it on resume and Optuna's restored study does not
+        either), so every trial has one. Another arm's runs are left alone: a resumed search reads its finished
+        KD arm back while the CE arm's runs, killed mid-trial, still wait for their trials to go on."""
+        mine = f" and tags.`kdsearch.arm` = '{arm}'" if arm else ""
         for run in self._all(f"tags.`mlflow.parentRunId` = '{self.parent}' and tags.`kdsearch.stage` = 'search' "
-                             f"and attributes.status = 'RUNNING'"):
+                             f"and attributes.status = 'RUNNING'{mine}"):
             if trial_ids is not None and run.data.tags["kdsearch.trial_id"] not in trial_ids:
                 self.client.delete_run(run.info.run_id)
             else:
@@ -183,8 +187,9 @@ class Tracker:
         `log`: the search and its report stand."""
         now = int(time.time() * 1000)
         self.client.log_batch(self.parent, metrics=[Metric(k, v, now, 1) for k, v in parent_metrics(report).items()],
-                              params=[mlflow.entities.Param(f"best_{k}", str(v))
-                                      for k, v in report["best_config"].items()])
+                              params=[mlflow.entities.Param(f"{prefix}_{k}", str(v)) for prefix, config in
+                                      (("best", report["best_config"]), ("ce_best", report.get("ce_best_config")))
+                                      for k, v in (config or {}).items()])
         mlflow.set_tracking_uri(self.uri)
         with mlflow.start_run(run_id=self.parent), warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # torch.export's notes on a CPU-only model
@@ -218,5 +223,9 @@ def parent_metrics(report):
     for f in report.get("families") or ():  # the best single-seed trial of each loss family
         if f["best"] is not None:
             out[f"best_val_acc_{f['loss']}"] = f["best"]["val_acc"]
-    out.update({f"importance_{k}": v for k, v in (report.get("importances") or {}).items()})
+    for arm, figures in (report.get("importances") or {}).items():  # per arm: importance_kd_lr, importance_ce_lr
+        out.update({f"importance_{arm}_{k}": v for k, v in figures.items()})
+    for c in report.get("comparison") or ():  # kd_best_vs_ce_best_diff, ..._ci_low, ..._ci_high: the verdict
+        stem = f"{c['a']}_vs_{c['b']}"
+        out.update({f"{stem}_diff": c["diff"], f"{stem}_ci_low": c["ci95"][0], f"{stem}_ci_high": c["ci95"][1]})
     return out
