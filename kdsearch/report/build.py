@@ -109,9 +109,11 @@ def families(trials, space, confirmed):
 
 def baselines_note(report):
     """What the fixed rows are: their study recipes, never searched."""
+    ce = (report.get("arms") or {}).get("ce")
     return ("student_ce and kd_reference are fixed reference points: each trains by its study recipe (by default "
             "Adam at a constant learning rate on cropped and flipped views) and is never searched; only the trials, "
-            f"and so kd_best, moved {', '.join(report['space'])}.")
+            f"and so kd_best, moved {', '.join(report['space'])}"
+            + (f", and ce_best {', '.join(ce['space'])}." if ce else "."))
 
 
 CONFIRM_NOTE = ("A seed changes the initialisation and the batch order; the augmented views and the teacher's logit "
