@@ -76,6 +76,10 @@ BAD_STUDIES = [
     ("name: x\nsearch:\n  control: maybe\n", "search.control: input should be a valid boolean (got 'maybe'); fix: "
                                             "edit search.control"),
     ("name: x\nsearch:\n  control: 1\n", "search.control: input should be a valid boolean (got 1)"),
+    ("name: x\nmodels:\n  student: {spec: student, wieghts: DEFAULT}\n",
+     "models.student.wieghts: unknown key; fix: use one of spec, weights, init, mean, std"),
+    ("name: x\nmodels:\n  teacher: {spec: teacher, mean: [0.5, 0.5, 0.5], std: [0.2, 0, 0.2]}\n",
+     "models.teacher.std: must be > 0 in every channel (got [0.2, 0.0, 0.2])"),
     ("name: x\nconfirm:\n  seeds: 0\n", "confirm.seeds: must be >= 1"),
     ("name: x\nconfirm:\n  top_k: 0\n", "confirm.top_k: must be >= 1"),
     ("name: x\nconfirm:\n  rounds: 2\n", "confirm.rounds: unknown key"),

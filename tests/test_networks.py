@@ -49,7 +49,7 @@ seed: 0
 threads: 2
 models:
   teacher: {teacher}
-  student: tiny_net.py:Net
+  student: {student}
 data:
   val_size: 100
 augment:
@@ -86,26 +86,52 @@ def gray(tiny_files, tmp_path_factory):
     return root
 
 
-def own_study(folder, teacher="torchvision:mobilenet_v3_small", origins=""):
+def own_study(folder, teacher="torchvision:mobilenet_v3_small", origins="", student="tiny_net.py:Net"):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "tiny_net.py").write_text(NET_FILE.format(origins=str(origins)))
-    (folder / "own.yaml").write_text(STUDY.format(teacher=teacher))
+    (folder / "own.yaml").write_text(STUDY.format(teacher=teacher, student=student))
     return folder / "own.yaml"
 
 
-def test_a_search_distils_a_torchvision_teacher_into_a_file_student_on_gray_24px_images(gray, tmp_path):
-    origins = tmp_path / "origins.txt"
-    study = own_study(tmp_path / "study", origins=origins)
-    r = kdsearch("search", study, "--data", gray, "--results", tmp_path / "results", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr[-3000:]
-    report = json.loads((tmp_path / "results" / "own" / "report.json").read_text())
+def test_a_search_distils_a_pretrained_torchvision_teacher_into_a_file_student_on_gray_24px_images(
+        gray, tmp_path, monkeypatch):
+    """The teacher starts from torchvision's named weights (a seeded 1000-class state_dict placed in the hub cache,
+    where torchvision looks) and is fine-tuned; the student starts from an init file of the user's."""
     import torchvision
-    teacher_params = count_params(torchvision.models.get_model("mobilenet_v3_small", num_classes=10))
+    from kdsearch.engine.pretrained import hub_file
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    weights = hub_file("MobileNet_V3_Small_Weights.IMAGENET1K_V1")
+    weights.parent.mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(torchvision.models.mobilenet_v3_small(num_classes=1000).state_dict(), weights)
+    origins = tmp_path / "origins.txt"
+    study = own_study(tmp_path / "study", teacher='{spec: "torchvision:mobilenet_v3_small", weights: DEFAULT}',
+                      origins=origins, student="{spec: tiny_net.py:Net, init: start.pt}")
     import importlib.util
     spec = importlib.util.spec_from_file_location("own_tiny_net", study.parent / "tiny_net.py")
     tiny_net = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tiny_net)
+    torch.save(tiny_net.Net(10).state_dict(), study.parent / "start.pt")
+    r = kdsearch("search", study, "--data", gray, "--results", tmp_path / "results", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (f"{study}: models.teacher: starts from MobileNet_V3_Small_Weights.IMAGENET1K_V1 (" in r.stderr
+            and "classifier.3.weight, classifier.3.bias built fresh for the study's 10 classes)" in r.stderr)
+    assert f"{study}: models.student: starts from {study.parent / 'start.pt'} (11 of 11 tensors loaded)" in r.stderr
+    # both are fed the normalisation of the teacher's weights (the init file states none, and a line says so)
+    assert f"{study}: models.student.init states no normalisation, so it is fed mean (0.485, 0.456, 0.406)" \
+        in r.stderr
+    saved = torch.load(tmp_path / "results" / "own" / "student.pt", weights_only=True)
+    assert (tuple(saved["mean"]), tuple(saved["std"])) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    report = json.loads((tmp_path / "results" / "own" / "report.json").read_text())
+    teacher_params = count_params(torchvision.models.get_model("mobilenet_v3_small", num_classes=10))
     student_params = count_params(tiny_net.Net(10))
+    # what fine-tuning gave: the teacher's (and each baseline's) accuracy before and after, in the report
+    rows = {r["model"]: r for r in report["rows"]}
+    assert set(rows["teacher"]["start"]) == {"val_acc", "test_acc"} and rows["student_ce"]["start"] is not None
+    t = rows["teacher"]
+    assert (f"teacher: trained from its starting weights: val {t['start']['val_acc']:.2f}% -> {t['val_acc']:.2f}%, "
+            f"test {t['start']['test_acc']:.2f}% -> {t['test_acc']:.2f}%") in \
+        (tmp_path / "results" / "own" / "report.md").read_text()
     assert report["networks"] == {"teacher": {"model": "torchvision:mobilenet_v3_small", "params": teacher_params},
                                   "student": {"model": "tiny_net.py:Net", "params": student_params},
                                   "image_size": [24, 24], "classes": 10, "notebook": False}

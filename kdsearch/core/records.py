@@ -22,10 +22,12 @@ class Run:
     history: list  # per epoch: the engine's metrics
     config: dict  # its recipe
     seed: Optional[int] = None  # initialisation and batch order (None: a row stored before it was recorded)
+    start: Optional[dict] = None  # {val_acc, test_acc} of its starting weights before training (pretrained or init)
     cached: bool = field(default=False, compare=False)  # read back from the store, not trained now
 
     def to_json(self):
-        return {k: v for k, v in vars(self).items() if k != "cached" and not (k == "seed" and v is None)}
+        return {k: v for k, v in vars(self).items()
+                if k != "cached" and not (k in ("seed", "start") and v is None)}
 
     @classmethod
     def from_json(cls, row, cached=False):

@@ -5,14 +5,16 @@ import torch
 
 from kdsearch.core.errors import UserError, first_line
 from kdsearch.core.names import ROLES
+from kdsearch.engine import pretrained
 from kdsearch.engine.models import MODELS, count_params
 from kdsearch.engine.networks import logits_of
 
 
-def check(networks, where):
-    """Build both networks and run each on a batch of two images of the data's size, on the CPU: a constructor
-    or forward that raises, an output that is not (2, N) logits, a teacher and student that disagree on N: one
-    UserError naming where[role] (FILE: models.ROLE). Returns {role: parameter count}."""
+def check(networks, where, log=None):
+    """Build both networks, their starting weights loaded (a file that does not fit is one line), and run each on
+    a batch of two images of the data's size, on the CPU: a constructor or forward that raises, an output that is
+    not (2, N) logits, a teacher and student that disagree on N: one UserError naming where[role] (FILE:
+    models.ROLE). `log` hears where each network's weights start. Returns {role: parameter count}."""
     h, w = networks.image_size
     counts = {}
     for role in ROLES:
@@ -32,7 +34,8 @@ def check(networks, where):
                 raise UserError(f"{at}: {source} has no callable {net.attr!r}; fix: define {net.attr}(num_classes) "
                                 f"in it, or name the one it has") from None
         try:
-            model = networks.build(role)
+            model = net.architecture(networks.num_classes, networks.image_size)
+            fresh = net.start(model, networks.num_classes, at)
         except UserError:
             raise
         except Exception as e:
@@ -54,7 +57,16 @@ def check(networks, where):
                             f"{networks.num_classes}) for the data's {networks.num_classes} classes; fix: build "
                             f"its head with num_classes")
         counts[role] = count_params(model)
+        if log and fresh is not None:
+            log(start_line(net, fresh, at, len(model.state_dict()), networks.num_classes))
     return counts
+
+
+def start_line(net, fresh, at, tensors, num_classes):
+    """Where a network's weights start, in one line: which file, how many tensors loaded, which built fresh."""
+    source = net.init or net.weights
+    head = (f"; {', '.join(fresh)} built fresh for the study's {num_classes} classes" if fresh else "")
+    return f"{at}: starts from {source} ({tensors - len(fresh)} of {tensors} tensors loaded{head})"
 
 
 def load_teacher_checkpoint(path, networks, device):
@@ -66,27 +78,13 @@ def load_teacher_checkpoint(path, networks, device):
     if not path.is_file():
         raise UserError(f"teacher checkpoint {path} does not exist; fix: {fix}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch.load fails in many ways on a file that is not a checkpoint; all mean the same
-        raise UserError(f"teacher checkpoint {path} cannot be read ({first_line(e, 150)}); fix: {fix}") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"teacher checkpoint {path} is not a state_dict of tensors; fix: {fix}")
-    model = networks.build("teacher").to(device, memory_format=torch.channels_last)
-    wanted = model.state_dict()
-    wrong = [_listed("missing", [k for k in wanted if k not in state]),
-             _listed("unexpected", [k for k in state if k not in wanted]),
-             _listed("of another shape", [f"{k} {tuple(state[k].shape)} (not {tuple(v.shape)})"
-                                          for k, v in wanted.items() if k in state and state[k].shape != v.shape])]
-    wrong = [w for w in wrong if w]
+        state = pretrained.read_state(path, "teacher checkpoint")
+    except UserError as e:
+        raise UserError(f"{str(e).split('; fix: ')[0]}; fix: {fix}") from None
+    model = networks.teacher.architecture(networks.num_classes, networks.image_size)
+    _, wrong = pretrained.misfit(model.state_dict(), state)
     if wrong:
         raise UserError(f"teacher checkpoint {path} does not fit {spec} with {networks.num_classes} classes: "
-                        f"{'; '.join(wrong)}; fix: {fix}")
+                        f"{wrong}; fix: {fix}")
     model.load_state_dict(state)
-    return model
-
-
-def _listed(what, keys, first=3):
-    if not keys:
-        return ""
-    more = f" and {len(keys) - first} more" if len(keys) > first else ""
-    return f"{len(keys)} key(s) {what}: {', '.join(keys[:first])}{more}"
+    return model.to(device, memory_format=torch.channels_last)

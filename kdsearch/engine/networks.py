@@ -14,17 +14,17 @@ imported, its content must hash as it did when the study started. Imports torch 
 spec names them): no Ray, Optuna or MLflow.
 """
 import copy
-import hashlib
+import dataclasses
 import importlib
-import importlib.machinery
 import importlib.util
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from kdsearch.core.errors import UserError
+from kdsearch.engine import pretrained
+from kdsearch.engine.netfiles import check_stem, file_sha, load_file
 from kdsearch.engine.models import MODELS, build_model
 
 SPECS = "teacher, student, torchvision:NAME, timm:NAME, FILE.py:CALLABLE or package.module:CALLABLE"
@@ -73,22 +73,56 @@ class Network:
     name: str
     attr: str = ""
     version: str = ""
+    weights: str = ""  # pretrained weights' canonical name (pretrained.resolve_weights), or ""
+    init: str = ""  # a state_dict file to start from (its absolute path), or ""
+    init_sha: str = ""  # that file's content hash, part of the key
+    norm: tuple = ()  # (mean, std) the study file states these weights expect, or ()
 
     @property
     def key(self):
-        if self.kind == "file":
-            return f"file:{self.version}:{self.attr}"
-        return self.spec + (f"@{self.version}" if self.version else "")
+        base = f"file:{self.version}:{self.attr}" if self.kind == "file" else (
+            self.spec + (f"@{self.version}" if self.version else ""))
+        return base + (f"+weights={self.weights}" if self.weights else "") + (
+            f"+init={self.init_sha}" if self.init else "")  # a network from random weights keeps its old key
 
     def build(self, num_classes, image_size):
+        """The network for `num_classes` classes, its weights where they start (`start`)."""
+        model = self.architecture(num_classes, image_size)
+        self.start(model, num_classes)
+        return model
+
+    def architecture(self, num_classes, image_size):
+        """The network as its constructor builds it (timm's pretrained weights included: timm fits the head)."""
         if self.kind == "notebook":
             return build_model(self.name, num_classes, image_size)
         if self.kind == "torchvision":
             import torchvision
             return torchvision.models.get_model(self.name, weights=None, num_classes=num_classes)
         if self.kind == "timm":
-            return _timm().create_model(self.name, pretrained=False, num_classes=num_classes)
+            return _timm().create_model(self.name, pretrained=bool(self.weights), num_classes=num_classes)
         return getattr(self.module(), self.attr)(num_classes=num_classes)
+
+    def start(self, model, num_classes, where=None):
+        """Load the starting weights (torchvision's named ones, or the init file) into `model` by the head rule;
+        return the tensors left fresh, or None when it starts as its constructor built it."""
+        where = where or self.spec
+        if self.init:
+            state = pretrained.read_state(self.init, f"{where}.init")
+            if file_sha(self.init) != self.init_sha:
+                raise UserError(f"{where}.init: {self.init} changed since the study started; fix: restore it, or "
+                                f"start a new search")
+            return pretrained.fit_state(model, state, f"{where}.init: {self.init}", num_classes)
+        if self.weights and self.kind == "torchvision":
+            state = pretrained.weights_state(self.weights, where)
+            return pretrained.fit_state(model, state, f"{where}.weights: {self.weights}", num_classes)
+        return None
+
+    def expected_norm(self):
+        """The (mean, std) this network's starting weights expect: the study file's, else the named weights'
+        own; None for random weights or an init file without them."""
+        if self.norm:
+            return self.norm
+        return pretrained.weights_norm(self.kind, self.name, self.weights) if self.weights else None
 
     def module(self):
         """The module of a file or module network (imported once)."""
@@ -160,7 +194,7 @@ def resolve(spec, base_dir, where):
         if not path.stem.isidentifier():
             raise UserError(f"{where}: {path.name} cannot be imported (its name is not a Python name); fix: "
                             f"rename it, e.g. to {''.join(c if c.isalnum() else '_' for c in path.stem)}.py")
-        _check_stem(path, where)
+        check_stem(path, where)
         return Network(spec, "file", str(path), rest, file_sha(path))
     if not all(part.isidentifier() for part in prefix.split(".")):
         raise UserError(f"{where}: {prefix!r} in {spec!r} is neither a .py file nor a module name; fix: give "
@@ -176,47 +210,25 @@ def resolve(spec, base_dir, where):
     return Network(spec, "module", prefix, rest, file_sha(origin) if origin else "")
 
 
-def _check_stem(path, where):
-    """A network file ships to Ray's workers as a module named by its stem, first on their path: a stem that
-    names another module (torch.py, random.py) would shadow it there. Refused here, before anything runs."""
-    try:  # on the path, not among the modules imported: a network file loaded before is one of those
-        other = importlib.machinery.PathFinder.find_spec(path.stem)
-    except (ImportError, ValueError):
-        other = None
-    origin = other.origin if other is not None else None
-    if origin and Path(origin).is_file() and file_sha(origin) == file_sha(path):
-        return  # this very file (from the current folder, or imported already): nothing to hide
-    if path.stem in sys.stdlib_module_names or (origin and Path(origin).resolve() != path):
-        what = "a standard-library module" if path.stem in sys.stdlib_module_names else f"the module at {origin}"
-        raise UserError(f"{where}: {path.name} is named like {what} ({path.stem!r}), which it would hide in Ray's "
-                        f"workers; fix: rename the file")
-
-
-def file_sha(path):
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
-
-
-_LOADED = {}  # sha -> module: a file is imported once per process
-
-
-def load_file(path, sha):
-    """The module of a user's network file with this content hash: the copy Ray's runtime environment brought
-    (a py_module on the path, importable by the file's stem) when there is one, else the file itself."""
-    if sha in _LOADED:
-        return _LOADED[sha]
-    path, stem = Path(path), Path(path).stem
-    copies = [Path(p or ".").resolve() / f"{stem}.py" for p in sys.path]
-    for origin in [c for c in copies if c != path] + [path]:
-        if origin.is_file() and file_sha(origin) == sha:
-            module_name = stem if stem not in sys.modules else f"kdsearch_net_{sha}"
-            spec = importlib.util.spec_from_file_location(module_name, origin)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[module_name] = module  # as an import would: pickling and dataclasses look modules up
-            spec.loader.exec_module(module)
-            _LOADED[sha] = module
-            return module
-    raise FileNotFoundError(f"the network file {path} (sha {sha}) is neither on this machine nor brought by Ray's "
-                            f"runtime environment, or it changed since the study started")
+def resolve_entry(entry, base_dir, where):
+    """The Network of a study's network entry (study.inputs.NetworkEntry: spec, weights, init, mean, std): its
+    named weights resolved to their canonical name, its init file to an absolute path and hash."""
+    net = resolve(entry.spec, base_dir, where)
+    if (entry.mean is None) != (entry.std is None):
+        raise UserError(f"{where}: mean and std go together; fix: give both, or neither")
+    if entry.weights and entry.init:
+        raise UserError(f"{where}: weights and init both say where the weights start; fix: give one of them")
+    weights = pretrained.resolve_weights(net.kind, net.name, entry.weights, where) if entry.weights else ""
+    init, sha = "", ""
+    if entry.init:
+        path = Path(entry.init).expanduser()
+        init = str((path if path.is_absolute() else Path(base_dir) / path).resolve())
+        if not Path(init).is_file():
+            raise UserError(f"{where}.init: {init} does not exist; fix: give the path of a state_dict (.pt) file "
+                            f"(a relative one is taken from the study file's folder)")
+        sha = file_sha(init)
+    norm = (tuple(entry.mean), tuple(entry.std)) if entry.mean is not None else ()
+    return dataclasses.replace(net, weights=weights, init=init, init_sha=sha, norm=norm)
 
 
 def _timm(where=None):

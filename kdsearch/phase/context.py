@@ -15,7 +15,7 @@ from kdsearch.data.augment import PAD, Mix, Views, channel_stats
 from kdsearch.data.dataset import CIFAR10_CLASSES, StudyData, cache_arrays, load_arrays, prepare
 from kdsearch.engine.loop import set_threads
 from kdsearch.engine.netcheck import check, load_teacher_checkpoint
-from kdsearch.engine.networks import Networks, resolve
+from kdsearch.engine.networks import Networks, resolve_entry
 from kdsearch.phase.store import Store
 from kdsearch.study.schema import Study
 
@@ -65,11 +65,11 @@ def open_study(study, study_file, results, device, log=log_stderr, nets=None):
         raise UserError(f"data.val_size ({cfg.val_size}) + data.train_subset ({cfg.train_subset}) exceed the "
                         f"{len(arrays.train_y)} training images of {cfg.path}; fix: lower them in the study file")
     networks = study_networks(study, study_file, nets or resolve_networks(study, study_file), len(arrays.classes),
-                              arrays.train_x.shape[1:3])
+                              arrays.train_x.shape[1:3], log)
     cache_arrays(arrays, cache)  # only now: a mistake in the networks leaves nothing behind
     data = prepare(arrays, cfg.val_size, cfg.train_subset, study.seed, device)
     store = Store(cache, log)
-    views = study_views(study, data, store)
+    views = study_views(study, data, store, study_norm(study, study_file, networks, log))
     log(f"data: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test images of "
         f"{data.image_size[0]}x{data.image_size[1]}, {len(data.classes)} classes (loaded in {load_s:.1f} s), on "
         f"{device}, {threads} CPU threads; networks: teacher {networks.teacher.spec!r}, student "
@@ -80,14 +80,19 @@ def open_study(study, study_file, results, device, log=log_stderr, nets=None):
 def resolve_networks(study, study_file):
     """{role: networks.Network} as the study file names them (cheap: a file's network is hashed, not run); a spec
     that does not resolve is a UserError naming FILE: models.ROLE."""
-    return {role: resolve(getattr(study.models, role), Path(study_file).parent, f"{study_file}: models.{role}")
+    return {role: resolve_entry(getattr(study.models, role), Path(study_file).parent, f"{study_file}: models.{role}")
             for role in ROLES}
 
 
-def study_networks(study, study_file, nets, num_classes, image_size):
-    """The study's Networks for its data, checked (netcheck.check), with the teacher's checkpoint if any."""
+def study_networks(study, study_file, nets, num_classes, image_size, log=None):
+    """The study's Networks for its data, checked (netcheck.check: `log` hears where their weights start), with
+    the teacher's checkpoint if any."""
     networks = Networks(nets["teacher"], nets["student"], num_classes, tuple(image_size))
-    check(networks, {role: f"{study_file}: models.{role}" for role in nets})
+    if study.teacher.checkpoint and (networks.teacher.weights or networks.teacher.init):
+        raise UserError(f"{study_file}: teacher.checkpoint is used as it is, so models.teacher's weights or init "
+                        f"would be ignored; fix: remove one of them (init: fine-tunes from the file, checkpoint: "
+                        f"no training)")
+    check(networks, {role: f"{study_file}: models.{role}" for role in nets}, log)
     if study.teacher.checkpoint:
         try:
             load_teacher_checkpoint(Path(study.teacher.checkpoint).expanduser(), networks, torch.device("cpu"))
@@ -96,11 +101,34 @@ def study_networks(study, study_file, nets, num_classes, image_size):
     return networks
 
 
-def study_views(study, data, store):
+def study_norm(study, study_file, networks, log):
+    """The normalisation (mean, std) the networks' starting weights expect, or None: the data's own statistics
+    then. data.mean / data.std decide when set; a network's stated mean / std or its named weights' own come
+    next; weights that state none (an init file, a teacher checkpoint) get a line saying what they are fed."""
+    if study.data.mean is not None and study.data.std is not None:
+        return None
+    expected = {role: getattr(networks, role).expected_norm() for role in ROLES}
+    stated = {role: norm for role, norm in expected.items() if norm is not None}
+    if len(set(stated.values())) > 1:
+        raise UserError(f"{study_file}: the teacher's weights expect mean {stated['teacher'][0]}, std "
+                        f"{stated['teacher'][1]}, the student's mean {stated['student'][0]}, std "
+                        f"{stated['student'][1]}; fix: set data.mean and data.std (both networks are fed the same)")
+    norm = next(iter(stated.values()), None)
+    unstated = [f"models.{role}.init" for role in ROLES if getattr(networks, role).init and expected[role] is None]
+    unstated += ["teacher.checkpoint"] if study.teacher.checkpoint and expected["teacher"] is None else []
+    for what in unstated:
+        fed = f"mean {norm[0]}, std {norm[1]} (the other network's weights')" if norm else "the data's own statistics"
+        log(f"{study_file}: {what} states no normalisation, so it is fed {fed}; if it was trained under another, "
+            f"give it as mean and std beside it (or data.mean and data.std)")
+    return norm
+
+
+def study_views(study, data, store, norm=None):
     """The study's Views: its seed, the crop's padding (default 1/8 of the image's smaller side), the flip, and
-    the normalisation: the study's data.mean / data.std, else the training split's own, computed once and
-    stored."""
-    mean, std = study.data.mean, study.data.std
+    the normalisation: the study's data.mean / data.std, else `norm` (what the networks' weights expect), else
+    the training split's own, computed once and stored."""
+    mean, std = (study.data.mean, study.data.std) if norm is None else (study.data.mean or norm[0],
+                                                                         study.data.std or norm[1])
     if mean is None or std is None:
         stats = store.load_tensor("stats", data.key)
         if stats is None:

@@ -20,11 +20,12 @@ class RunSpec:
     key: str
     kind: str = "runs"  # the store's folder: runs, or teacher
 
-    def save(self, store, model, history, test_acc, train_s):
-        """Store the model trained by this spec with its Run; return the Run."""
+    def save(self, store, model, history, test_acc, train_s, start=None):
+        """Store the model trained by this spec with its Run (start: its starting weights' accuracies); return
+        the Run."""
         run = Run(model=self.name, key=self.key, params=count_params(model), val_acc=history[-1]["val_acc"],
                   test_acc=test_acc, train_s=train_s, history=history, config=dataclasses.asdict(self.recipe),
-                  seed=self.seed)
+                  seed=self.seed, start=start)
         store.save_run(self.kind, self.key, model, run.to_json())
         return run
 
@@ -43,6 +44,7 @@ def train_or_load(ctx, spec, make_table=None):
     log(f"{spec.name}: training {recipe.model} with {recipe.loss} for {recipe.epochs} epochs on {len(data.train)} "
         f"images")
 
+    before = starting_accuracies(ctx, model, recipe.model, spec.name)
     start = time.perf_counter()
     views = ctx.views_of(recipe.mix, repeat=spec.kind != "teacher")
     lesson = Lesson(data.train, views, data.val, make_table(recipe.mix) if make_table else None)
@@ -55,4 +57,16 @@ def train_or_load(ctx, spec, make_table=None):
         raise UserError(f"{spec.name} diverged in epoch {len(history)} (its loss became NaN or infinite) with lr "
                         f"{recipe.lr}; fix: lower {spec.name}'s lr in the study file")
     return model, spec.save(ctx.store, model, history, evaluate(model, data.test, ctx.views),
-                                 time.perf_counter() - start)
+                            time.perf_counter() - start, before)
+
+
+def starting_accuracies(ctx, model, role, name):
+    """{val_acc, test_acc} of a network that starts from weights (pretrained or init) before its training, the
+    measure of what the fine-tuning gave; None for a random start."""
+    net = getattr(ctx.networks, role)
+    if not (net.weights or net.init):
+        return None
+    accs = {"val_acc": evaluate(model, ctx.data.val, ctx.views), "test_acc": evaluate(model, ctx.data.test, ctx.views)}
+    ctx.log(f"{name}: its starting weights score val {accs['val_acc']:.2f}% / test {accs['test_acc']:.2f}% before "
+            f"training")
+    return accs

@@ -82,7 +82,16 @@ def networks_lines(report):
         return []
     h, w = n["image_size"]
     return [f"networks: teacher = {n['teacher']['model']} ({n['teacher']['params']:,} params), student = "
-            f"{n['student']['model']} ({n['student']['params']:,} params); {h}x{w} images, {n['classes']} classes"]
+            f"{n['student']['model']} ({n['student']['params']:,} params); {h}x{w} images, {n['classes']} classes"
+            ] + start_lines(report["rows"])
+
+
+def start_lines(rows):
+    """What training gave the rows that started from weights (pretrained or init), e.g. "teacher: fine-tuned
+    from its starting weights: val 12.40% -> 61.30%, test 11.90% -> 60.70%"."""
+    return [f"{r['model']}: trained from its starting weights: val {r['start']['val_acc']:.2f}% -> "
+            f"{r['val_accs'][0] if r.get('val_accs') else r['val_acc']:.2f}%, test {r['start']['test_acc']:.2f}% -> "
+            f"{r['test_accs'][0] if r.get('test_accs') else r['test_acc']:.2f}%" for r in rows if r.get("start")]
 
 
 def write_baselines(rows, folder, notebook=True):

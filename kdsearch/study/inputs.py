@@ -1,8 +1,8 @@
 """A study's inputs in its study file: its two networks (`models`), its data and its views (`augment`). Part of
 schema.py's schema, which holds the rest."""
-from typing import Literal, Optional, Tuple
+from typing import Annotated, Literal, Optional, Tuple
 
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, BeforeValidator, Field
 from pydantic.dataclasses import dataclass
 
 from kdsearch.study.validation import CONFIG, Float, Int, rule
@@ -10,12 +10,47 @@ from kdsearch.study.validation import CONFIG, Float, Int, rule
 Channels = Tuple[Float(ge=0, le=1), Float(ge=0, le=1), Float(ge=0, le=1)]
 
 
+def _positive(std):
+    if min(std) <= 0:
+        raise rule("", "must be > 0 in every channel", got=list(std))
+    return std
+
+
+Std = Annotated[Channels, AfterValidator(_positive)]  # a per-channel std: R, G, B, each > 0
+
+
+@dataclass(config=CONFIG)
+class NetworkEntry:
+    """One network of the study: its spec and where its weights start. A plain spec string is this with the rest
+    left out: random initialisation, normalised by the data's own statistics."""
+    spec: str = Field(min_length=1, description="teacher, student (the notebook's), torchvision:NAME, timm:NAME, "
+                      "FILE.py:CALLABLE or package.module:CALLABLE")
+    weights: Optional[str] = Field(None, description="pretrained weights as the library names them: a torchvision "
+                                   "weights name (IMAGENET1K_V1) or DEFAULT; for timm, pretrained. A head of another "
+                                   "class count is built fresh, the rest loaded; read from torch's hub cache")
+    init: Optional[str] = Field(None, description="a state_dict file (.pt) to start from, then trained by the recipe "
+                                "(a path relative to the study file); a head of another class count is built fresh")
+    mean: Optional[Channels] = Field(None, description="the normalisation these weights were trained under (R, G, B "
+                                     "in 0..1); null: the weights' own, else the data's")
+    std: Optional[Std] = Field(None, description="the std beside mean")
+
+
+def _entry(value):
+    return {"spec": value} if isinstance(value, str) else value  # a plain spec: the entry with its spec alone
+
+
+Network = Annotated[NetworkEntry, BeforeValidator(_entry)]
+
+
 @dataclass(config=CONFIG)
 class Models:
     """The study's two networks (networks.py): teacher, student (the notebook's), torchvision:NAME, timm:NAME,
-    FILE.py:CALLABLE (relative to the study file's folder) or package.module:CALLABLE, called with num_classes."""
-    teacher: str = Field("teacher", min_length=1, description="the teacher network's spec")
-    student: str = Field("student", min_length=1, description="the student network's spec")
+    FILE.py:CALLABLE (relative to the study file's folder) or package.module:CALLABLE, called with num_classes;
+    or a mapping with that `spec` and its starting weights (`weights`, `init`) and their normalisation."""
+    teacher: Network = Field(default_factory=lambda: NetworkEntry("teacher"), description="the teacher network: "
+                             "a spec, or {spec, weights, init, mean, std}")
+    student: Network = Field(default_factory=lambda: NetworkEntry("student"), description="the student network: "
+                             "a spec, or {spec, weights, init, mean, std}")
 
 
 @dataclass(config=CONFIG)
@@ -29,15 +64,8 @@ class Data:
                                             "null: the images' own size, which they must share")
     mean: Optional[Channels] = Field(None, description="per-channel mean (R, G, B in 0..1) for normalisation; "
                                      "null: the training split's own")
-    std: Optional[Channels] = Field(None, description="per-channel std (R, G, B in 0..1); null: the training "
+    std: Optional[Std] = Field(None, description="per-channel std (R, G, B in 0..1); null: the training "
                                     "split's own")
-
-    @field_validator("std")
-    @classmethod
-    def _positive(cls, std):
-        if std is not None and min(std) <= 0:
-            raise rule("", "must be > 0 in every channel", got=list(std))
-        return std
 
 
 @dataclass(config=CONFIG)
