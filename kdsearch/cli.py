@@ -31,11 +31,14 @@ def cmd_baselines(args):
     from kdsearch.engine.loop import pick_device
     from kdsearch.phase.baselines import run_baselines
     from kdsearch.phase.context import open_study
+    from kdsearch.phase.sanity import findings
     from kdsearch.report.tables import format_table, write_baselines
     study = _study(args)
     start = time.perf_counter()
     ctx = open_study(study, args.study, args.results, pick_device(study.device))
     phase = run_baselines(ctx)
+    for f in findings(study, phase, len(ctx.data.train), len(ctx.data.val), len(ctx.data.classes)):
+        ctx.log(f"check: {f.line}")  # said, not stopped: the search stops at a teacher at chance
     rows = [{**r.to_json(), "cached": r.cached} for r in phase.rows]
     json_path, md_path = write_baselines(rows, Path(args.results) / study.name, ctx.notebook)
     print(format_table(rows, notebook=ctx.notebook))

@@ -15,6 +15,7 @@ from conftest import TINY_STUDY
 SEARCH = """\
 search:
   num_samples: 2
+  stop_at_chance: false  # the tiny teacher (1 epoch, 300 images) is at chance; the test searches anyway
   max_concurrent: 2
 confirm:
   top_k: 1
@@ -115,8 +116,9 @@ def test_runs_are_named_by_what_they_tried_and_their_params_are_numbers(searched
 
 def test_the_best_student_is_registered_with_its_alias_and_verdicts(searched):
     uri, report, _, _ = searched
-    assert report["mlflow"]["registered"] == {"model": "tiny-student", "version": 1, "aliases": ["champion"]}
-    version = api(uri, "registered-models/alias?name=tiny-student&alias=champion")["model_version"]
-    assert version["version"] == "1" and "champion" in version["aliases"]
+    # kd_best of the tiny study is at chance: registered through the server, but not as champion
+    assert report["mlflow"]["registered"] == {"model": "tiny-student", "version": 1, "aliases": []}
+    version = api(uri, "model-versions/get?name=tiny-student&version=1")["model_version"]
+    assert version["version"] == "1" and not version.get("aliases")
     assert version["description"].startswith("kd_best of search 'tiny'") and "test accuracy:" in version["description"]
     assert tags(version)["kdsearch.parent_run_id"] == report["mlflow"]["parent_run_id"]

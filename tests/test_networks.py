@@ -63,7 +63,7 @@ space:
   temperature: {{type: loguniform, low: 1, high: 20}}
   alpha: {{type: uniform, low: 0, high: 1}}
   epochs: {{type: int, low: 1, high: 2}}
-search: {{num_samples: 2, max_concurrent: 2, control: false}}
+search: {{num_samples: 2, max_concurrent: 2, control: false, stop_at_chance: false}}
 resources: {{cpu: 1}}
 confirm: {{seeds: 1}}
 """

@@ -17,6 +17,7 @@ space:
   alpha: {type: uniform, low: 0, high: 1}
 search:
   num_samples: 2    # --num-samples 5 overrides it
+  stop_at_chance: false  # the tiny teacher (1 epoch, 300 images) is at chance; the test searches anyway
   max_concurrent: 1
   scheduler: asha
   grace_period: 1

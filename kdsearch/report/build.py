@@ -12,6 +12,7 @@ from kdsearch.report.control import Costs, comparisons, compute, control_note
 from kdsearch.report.stats import mean_sd
 from kdsearch.report.tables import (
     arm_importances,
+    check_lines,
     compute_line,
     format_table,
     networks_lines,
@@ -164,7 +165,7 @@ def write(report, folder, figures):
     best, m = report["best_config"], report["mlflow"]
     md = [f"# {report['study']}: KD search report", ""]
     arms = report.get("arms") or {"kd": {"trials": report["num_trials"]}}
-    md += [f"- {line}" for line in verdict_lines(report)] + [""]
+    md += [f"- {line}" for line in verdict_lines(report) + check_lines(report)] + [""]
     md += [" and ".join(f"{a['trials']} {arm} trials" for arm, a in arms.items()) + "; best KD settings by "
            + ("mean validation accuracy over seeds" if report.get("confirmed") else "validation accuracy") + ": "
            + settings(best, " = ", skip=()) + "."

@@ -149,6 +149,11 @@ def verdict_lines(report):
     return (lines[:1] + note + lines[1:]) if lines and report["comparison"][0]["b"] == "ce_best" else note + lines
 
 
+def check_lines(report):
+    """Why the study may not work (phase/sanity.py's findings), one line each."""
+    return [f"check: {c['line']}" for c in report.get("checks") or ()]
+
+
 def arm_importances(report):
     """{arm: importances} of a report (one from before the control arm held the KD arm's alone)."""
     imp = report.get("importances") or {}
@@ -184,7 +189,7 @@ def timings_line(report):
 
 
 def print_summary(report, written, out=sys.stdout):
-    for line in verdict_lines(report):
+    for line in verdict_lines(report) + check_lines(report):
         print(line, file=out)
     print("", file=out)
     for line in networks_lines(report):

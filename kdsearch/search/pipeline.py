@@ -20,6 +20,7 @@ from kdsearch.core.records import COMPLETED
 from kdsearch.engine.networks import LogitsOnly
 from kdsearch.phase.baselines import run_baselines
 from kdsearch.phase.context import open_study, resolve_networks
+from kdsearch.phase.sanity import best_at_chance, check_study
 from kdsearch.phase.teacher import logit_mixes
 from kdsearch.phase.trial import StoredTrial, TrialData
 from kdsearch.report import build as reports
@@ -69,6 +70,7 @@ def run_search(study, study_file, options, log=log_stderr):
     try:
         with timed(took, "engine_s"):  # and the teacher, baselines and logits, timed once Ray and MLflow are up
             phase = run_baselines(ctx)
+            checks = check_study(ctx, phase)  # a teacher at chance stops here, before the search's trials
             data = trial_data(ctx, phase.table, resources, trial_device)
         networks = networks_info(ctx, phase)
         arms = study_arms(study, log)
@@ -84,6 +86,8 @@ def run_search(study, study_file, options, log=log_stderr):
                                   dashboard, networks, {a.name: list(a.space) for a in arms}, study.search.control,
                                   costs(ctx, phase, took))
         report = reports.build(meta, phase.rows, confirmation, trials)
+        checks += best_at_chance(report["rows"], len(ctx.data.val), len(ctx.data.classes))
+        report["checks"] = [dataclasses.asdict(c) for c in checks]
         keep_best(ctx, report, confirmation.student, tracker, results / name)
         figures = reports.render_figures(report, results / name)
         report["timings"] = reports.timings(time.time() - t0, report["trials"], took["engine_s"], took["search_s"],

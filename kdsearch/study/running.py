@@ -17,6 +17,9 @@ class Search:
     grace_period: Int(ge=1) = Field(2, description="ASHA: epochs every trial runs before it may be stopped")
     reduction_factor: Int(ge=2) = Field(3, description="ASHA: keep the best 1/reduction_factor at each rung")
     max_failures: Int(ge=0) = Field(2, description="a trial that raises is retried from its checkpoint this often")
+    stop_at_chance: StrictBool = Field(True, description="a teacher no better than chance on validation stops the "
+                                       "search after the engine phase (distilling it can only teach noise); false: "
+                                       "search anyway")
     control: StrictBool = Field(True, description="the control arm: a CE student searched beside the KD search with "
                                 "the same searcher, trials and scheduler over the space's recipe values (all but "
                                 "the distillation values), so the verdict says whether distillation or the tuning "

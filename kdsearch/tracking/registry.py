@@ -26,6 +26,8 @@ def register(client, parent, name, model_uri, report):
         better = best["val_acc"] >= float(champion.tags.get("kdsearch.val_acc", "-inf"))
     except MlflowException:  # no champion yet
         better = True
+    if any(c["kind"] == "student_at_chance" and c["model"] == "kd_best" for c in report.get("checks") or ()):
+        better = False  # a student no better than chance is never the one to deploy (phase/sanity.py)
     if better:
         client.set_registered_model_alias(name, CHAMPION, version)
     return {"model": name, "version": int(version), "aliases": [CHAMPION] if better else []}

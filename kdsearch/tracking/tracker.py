@@ -16,7 +16,7 @@ from pathlib import Path
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # send nothing off this machine
 
 import mlflow  # noqa: E402
-from mlflow.entities import Metric  # noqa: E402
+from mlflow.entities import Metric, RunTag  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from kdsearch.core.errors import UserError, first_line  # noqa: E402
@@ -62,6 +62,7 @@ class Tracker:
         self.parent = None
         self.children = {}  # trial id -> run id
         self.logged = {}  # trial id -> the last epoch logged
+        self.failures = {}  # trial id -> how many times it failed
         self.confirm_runs = {}  # (model, seed) -> run id
         self.registered = None  # the registered student: {"model", "version", "aliases"}
 
@@ -119,7 +120,9 @@ class Tracker:
                                      tags={"mlflow.parentRunId": self.parent, "kdsearch.trial_id": trial_id,
                                            "kdsearch.stage": "search", "kdsearch.arm": arm})
         self.children[trial_id] = run.info.run_id
-        self.client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, str(v)) for k, v in params.items()])
+        tags = [RunTag("kdsearch.failures", str(self.failures[trial_id]))] if trial_id in self.failures else []
+        self.client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, str(v)) for k, v in params.items()],
+                              tags=tags)
 
     def log_epoch(self, trial_id, epoch, metrics):
         # one call per epoch: each sqlite write is its own transaction. NaN (a diverged trial) is not logged.
@@ -136,6 +139,7 @@ class Tracker:
     def count_failures(self, trial_id, failures):
         """The tag kdsearch.failures: how many times the trial has raised so far (each time retried from its last
         checkpoint, up to search.max_failures times; a lost Ray node counts)."""
+        self.failures[trial_id] = failures  # a trial whose first start failed has no run yet: start_trial tags it
         if trial_id in self.children:
             self.client.set_tag(self.children[trial_id], "kdsearch.failures", str(failures))
 
