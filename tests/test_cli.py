@@ -230,7 +230,8 @@ def test_bench_figures_are_honest_measurements_with_their_evidence(tiny_archive,
     assert r.returncode == 0, r.stderr
     result = json.loads((tmp_path / "b.json").read_text())
     evidence = result.pop("evidence")
-    assert {"seed_loop_img_s", "kd_img_s", "ce_img_s", "teacher_logits_img_s"} <= set(result)
+    assert {"seed_loop_img_s", "kd_img_s", "ce_img_s", "teacher_logits_img_s", "views_pad_img_s",
+            "views_resized_img_s"} <= set(result)
     assert all(math.isfinite(v) and v > 0 for v in result.values())
     assert {"device", "torch", "cpu_threads", "batch_size", "batches", "repeats", "kdsearch", "git_commit"} <= set(
         evidence)
@@ -242,7 +243,8 @@ def test_bench_figures_are_honest_measurements_with_their_evidence(tiny_archive,
     # each printed ratio is the ratio of the printed figures
     ratios = {"kd_img_s": ("kd / seed_loop = ", result["kd_img_s"] / result["seed_loop_img_s"]),
               "ce_img_s": ("ce / kd = ", result["ce_img_s"] / result["kd_img_s"]),
-              "kd_notebook_relu_img_s": ("kd / this = ", result["kd_img_s"] / result["kd_notebook_relu_img_s"])}
+              "kd_notebook_relu_img_s": ("kd / this = ", result["kd_img_s"] / result["kd_notebook_relu_img_s"]),
+              "views_resized_img_s": ("pad / this = ", result["views_pad_img_s"] / result["views_resized_img_s"])}
     for name, (label, ratio) in ratios.items():
         shown = float(printed[name].split(label)[1].split("x")[0].rstrip(")"))
         assert shown == pytest.approx(ratio, abs=0.006), (name, shown, ratio)

@@ -155,3 +155,15 @@ def test_normalisation_follows_the_weights_and_a_file_without_one_is_said(hub, t
     given = load_study(study_file, {"data.path": str(tiny_archive), "data.mean": [0.4] * 3, "data.std": [0.3] * 3})
     ctx = open_study(given, study_file, tmp_path / "r", torch.device("cpu"), said.append)
     assert (ctx.views.mean, ctx.views.std) == ((0.4,) * 3, (0.3,) * 3)
+
+
+def test_an_init_file_of_another_architecture_stops_the_command_in_one_line_writing_nothing(tiny_archive, tmp_path):
+    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), tmp_path / "r18.pt")
+    (tmp_path / "pre.yaml").write_text("name: pre\nmodels:\n  student: {spec: \"torchvision:mobilenet_v3_small\", "
+                                       "init: r18.pt}\ndata: {val_size: 100}\n")
+    r = subprocess.run([sys.executable, "-m", "kdsearch", "baselines", "pre.yaml", "--data", str(tiny_archive),
+                        "--results", "results"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.stderr.startswith(f"kdsearch: error: pre.yaml: models.student.init: {tmp_path / 'r18.pt'} does not fit "
+                               f"the network: ") and "fix: give weights of this very architecture" in r.stderr
+    assert not (tmp_path / "results").exists()

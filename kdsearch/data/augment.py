@@ -16,10 +16,12 @@ from typing import Optional
 import numpy as np
 import torch
 
+from kdsearch.data.resized import resized_views
+from kdsearch.data.viewhash import epoch_key, hash32, stream, uniform
+
 MEAN = (0.4914, 0.4822, 0.4465)  # the notebook's CIFAR-10 constants (its loop in `kdsearch bench`)
 STD = (0.2023, 0.1994, 0.2010)
 PAD = 4
-_MASK = 0xFFFFFFFF
 
 
 @dataclass(frozen=True)
@@ -45,15 +47,22 @@ class Views:
     std: tuple = STD
     mix: Optional[Mix] = None  # a recipe's mixup or CutMix (schema.Recipe.mix, settings from the study's augment)
     period: Optional[int] = None  # epoch e shows epoch e % period's views; None: every epoch its own
+    crop: str = "pad"  # pad: a crop from the zero-padded image; resized: RandomResizedCrop's box, resized
+    scale: tuple = (0.08, 1.0)  # resized: the box's share of the image's area, drawn uniformly
+    ratio: tuple = (3 / 4, 4 / 3)  # resized: the box's aspect ratio (width / height), drawn log-uniformly
+    size: Optional[tuple] = None  # (H, W) of a view, cropped from larger stored images; None: the images' own
 
     @property
     def key(self):
         """Everything that makes a view: part of the key of every run and logit table made with these views
-        (mix and period only when set, so that views without them keep the keys they had before both existed)."""
+        (what came after the padded crop only when set, so that views without it keep the keys they had)."""
         key = "views:" + ",".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in _flat(astuple(self)[:5]))
         if self.mix is not None:
             key += f",{self.mix.kind}:{self.mix.alpha:.6g}:{self.mix.prob:.6g}"
-        return key + (f",period:{self.period}" if self.period else "")
+        key += f",period:{self.period}" if self.period else ""
+        if self.crop != "pad":
+            key += f",{self.crop}:" + ":".join(f"{v:.6g}" for v in (*self.scale, *self.ratio))
+        return key + (f",size:{self.size[0]}x{self.size[1]}" if self.size else "")
 
     def epoch(self, epoch):
         """The epoch whose views training epoch `epoch` shows (and whose row of the logit table it reads)."""
@@ -69,35 +78,15 @@ def _flat(values):
         yield from (_flat(v) if isinstance(v, tuple) else [v])
 
 
-def _hash32(x):
-    # A well-mixed bijection on 32-bit integers ("lowbias32"-style). Products stay below 2**63, so it is exact
-    # in int64 on every device, and the same for Python ints and tensors.
-    x = ((x >> 16) ^ x) * 0x45D9F3B & _MASK
-    x = ((x >> 16) ^ x) * 0x45D9F3B & _MASK
-    return (x >> 16) ^ x
-
-
-def _epoch_key(views, epoch):
-    return _hash32(_hash32((views.seed & _MASK) ^ 0x9E3779B9) ^ (views.epoch(epoch) & _MASK))
-
-
-def _stream(views, epoch, idx, salt):
-    """A hash of each index of `idx` for one random choice (`salt`) of the epoch's views: independent of the
-    crop's hash and of each other."""
-    return _hash32(idx.long() ^ _hash32(_epoch_key(views, epoch) ^ salt))
-
-
-def _uniform(h):
-    return (h.double() + 0.5) / 2 ** 32  # in (0, 1)
-
-
-def view_params(views, epoch, idx):
-    """Crop offsets (dy, dx in 0..2*padding) and flip flags (0/1) of images `idx` (int64 tensor) in `epoch`.
-    They depend on the padding and the flip, not on the images: at padding 4 with flips, the notebook's views."""
-    h = _hash32(idx.long() ^ _epoch_key(views, epoch))
-    span = 2 * views.padding + 1
-    flip = (h // (span * span)) % 2 if views.flip else torch.zeros_like(h)
-    return h % span, (h // span) % span, flip
+def view_params(views, epoch, idx, stored=None):
+    """Crop offsets (dy, dx in 0..2*padding, plus the stored images' margin over views.size) and flip flags (0/1)
+    of images `idx` (int64 tensor) in `epoch`. They depend on the padding, the sizes and the flip, not on the
+    images: at padding 4 with flips, the notebook's views."""
+    h = hash32(idx.long() ^ epoch_key(views, epoch))
+    (H, W), (oh, ow) = stored or (0, 0), views.size or stored or (0, 0)
+    span_y, span_x = 2 * views.padding + 1 + H - oh, 2 * views.padding + 1 + W - ow
+    flip = (h // (span_y * span_x)) % 2 if views.flip else torch.zeros_like(h)
+    return h % span_y, (h // span_y) % span_x, flip
 
 
 def normalize(x_uint8, views):
@@ -153,17 +142,17 @@ def mix_params(views, epoch, idx, n, size):
     (partner index, own weight lam in float64, and the CutMix box (y0, y1, x0, x1) or None). A view is mixed with
     probability mix.prob; an unmixed one has lam 1 (and an empty box)."""
     mix, idx = views.mix, idx.long()
-    partner = _stream(views, epoch, idx, 0x1B873593) % n
-    mixed = _uniform(_stream(views, epoch, idx, 0xCC9E2D51)) < mix.prob
-    lam = torch.where(mixed, beta_weights(_uniform(_stream(views, epoch, idx, 0x85EBCA6B)), mix.alpha), 1.0)
+    partner = stream(views, epoch, idx, 0x1B873593) % n
+    mixed = uniform(stream(views, epoch, idx, 0xCC9E2D51)) < mix.prob
+    lam = torch.where(mixed, beta_weights(uniform(stream(views, epoch, idx, 0x85EBCA6B)), mix.alpha), 1.0)
     if mix.kind == "mixup":
         return partner, lam, None
     # CutMix's box, as Yun et al.'s code: sides (H, W) * sqrt(1 - lam) about a uniform centre, clipped to the image
     H, W = size
     cut = (1 - lam).sqrt()
     cut_h, cut_w = (H * cut).floor().long(), (W * cut).floor().long()
-    cy = (_uniform(_stream(views, epoch, idx, 0xE6546B64)) * H).floor().long()
-    cx = (_uniform(_stream(views, epoch, idx, 0x27D4EB2F)) * W).floor().long()
+    cy = (uniform(stream(views, epoch, idx, 0xE6546B64)) * H).floor().long()
+    cx = (uniform(stream(views, epoch, idx, 0x27D4EB2F)) * W).floor().long()
     y0, y1 = (cy - cut_h // 2).clamp(0, H), (cy + cut_h // 2).clamp(0, H)
     x0, x1 = (cx - cut_w // 2).clamp(0, W), (cx + cut_w // 2).clamp(0, W)
     return partner, 1 - ((y1 - y0) * (x1 - x0)).double() / (H * W), (y0, y1, x0, x1)
@@ -191,7 +180,7 @@ def _views(images, idx, views, epoch):
     x = _cropped(images, idx, views, epoch)
     if views.mix is None:
         return x, None
-    partner, lam, box = mix_params(views, epoch, idx, len(images), images.shape[2:])
+    partner, lam, box = mix_params(views, epoch, idx, len(images), x.shape[2:])  # the view's size
     other = _cropped(images, partner, views, epoch)
     if box is None:
         w = lam.float()[:, None, None, None]
@@ -206,28 +195,38 @@ def _views(images, idx, views, epoch):
 
 
 def _cropped(images, idx, views, epoch):
-    """Augmented, normalised views (a Views) of images[idx] for `epoch`, as float (B, 3, H, W) in channels_last.
+    """Augmented, normalised views (a Views) of images[idx] for `epoch`, as float (B, 3, h, w) in channels_last,
+    (h, w) = views.size or the images' own.
 
     images: uint8 (N, 3, H, W), ideally channels_last (its NHWC storage is what we gather from).
     One gather does pad, crop and flip for the whole batch: output pixel (y, x) of image b reads padded pixel
-    (dy_b + y, dx_b + x), or (dy_b + y, dx_b + W - 1 - x) when b is flipped.
+    (dy_b + y, dx_b + x), or (dy_b + y, dx_b + w - 1 - x) when b is flipped. A resized crop is four gathers.
     """
     batch = images[idx].permute(0, 2, 3, 1)  # (B, H, W, C): contiguous when images are channels_last
+    if views.crop == "resized":
+        return normalize(resized_views(batch, idx, views, epoch).permute(0, 3, 1, 2), views)
     B, H, W, _ = batch.shape
+    oh, ow = views.size or (H, W)
     pad = views.padding
     padded = torch.nn.functional.pad(batch, (0, 0, pad, pad, pad, pad))  # zero padding, (B, H+2p, W+2p, C)
-    dy, dx, flip = view_params(views, epoch, idx)
-    ar_h = torch.arange(H, device=images.device)
-    ar_w = torch.arange(W, device=images.device)
-    rows = dy[:, None] + ar_h  # (B, H)
-    cols = dx[:, None] + torch.where(flip[:, None].bool(), W - 1 - ar_w, ar_w)  # (B, W)
+    dy, dx, flip = view_params(views, epoch, idx, (H, W))
+    ar_h = torch.arange(oh, device=images.device)
+    ar_w = torch.arange(ow, device=images.device)
+    rows = dy[:, None] + ar_h  # (B, h)
+    cols = dx[:, None] + torch.where(flip[:, None].bool(), ow - 1 - ar_w, ar_w)  # (B, w)
     out = padded[torch.arange(B, device=images.device)[:, None, None], rows[:, :, None], cols[:, None, :]]
     return normalize(out.permute(0, 3, 1, 2), views)  # NHWC storage viewed as NCHW = channels_last
 
 
 def plain_views(images, idx, views):
-    """Un-augmented images[idx], normalised as `views` (evaluation)."""
-    return normalize(images[idx.to(images.device)], views)
+    """Un-augmented images[idx], normalised as `views` (evaluation): their centre crop of views.size when the
+    stored images are larger (torchvision's CenterCrop)."""
+    x = images[idx.to(images.device)]
+    if views.size and tuple(x.shape[2:]) != tuple(views.size):
+        (H, W), (oh, ow) = x.shape[2:], views.size
+        top, left = int(round((H - oh) / 2.0)), int(round((W - ow) / 2.0))
+        x = x[:, :, top:top + oh, left:left + ow]
+    return normalize(x, views)
 
 
 def channel_stats(x_uint8):

@@ -34,7 +34,8 @@ class StudyContext:
         """The notebook's networks on CIFAR-10 at 32x32 with its crop and flip: the tables then show the
         notebook's own results beside kdsearch's."""
         return (self.networks.notebook and self.data.classes == CIFAR10_CLASSES and self.data.image_size == (32, 32)
-                and (self.views.padding, self.views.flip, self.views.period) == (PAD, True, None))
+                and (self.views.padding, self.views.flip, self.views.period) == (PAD, True, None)
+                and self.views.crop == "pad" and self.views.size is None)
 
     def views_of(self, mix, repeat=True):
         """The training views of a recipe whose mix is `mix` (none, mixup, cutmix): the study's, mixed by its
@@ -59,19 +60,21 @@ def open_study(study, study_file, results, device, log=log_stderr, nets=None):
     threads, cfg = set_threads(study.threads), study.data
     cache = Path(results) / "cache"
     start = time.perf_counter()
-    arrays = load_arrays(cfg.source, cfg.path, cache, cfg.image_size, write=False)
+    arrays = load_arrays(cfg.source, cfg.path, cache, cfg.stored_size or cfg.image_size, write=False)
     load_s = time.perf_counter() - start
     if cfg.val_size + (cfg.train_subset or 1) > len(arrays.train_y):
         raise UserError(f"data.val_size ({cfg.val_size}) + data.train_subset ({cfg.train_subset}) exceed the "
                         f"{len(arrays.train_y)} training images of {cfg.path}; fix: lower them in the study file")
     networks = study_networks(study, study_file, nets or resolve_networks(study, study_file), len(arrays.classes),
-                              arrays.train_x.shape[1:3], log)
+                              (cfg.image_size,) * 2 if cfg.stored_size else arrays.train_x.shape[1:3], log)
     cache_arrays(arrays, cache)  # only now: a mistake in the networks leaves nothing behind
     data = prepare(arrays, cfg.val_size, cfg.train_subset, study.seed, device)
     store = Store(cache, log)
     views = study_views(study, data, store, study_norm(study, study_file, networks, log))
+    held = f" held at {data.image_size[0]}x{data.image_size[1]}" if cfg.stored_size else ""
     log(f"data: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test images of "
-        f"{data.image_size[0]}x{data.image_size[1]}, {len(data.classes)} classes (loaded in {load_s:.1f} s), on "
+        f"{networks.image_size[0]}x{networks.image_size[1]}{held}, {len(data.classes)} classes (loaded in "
+        f"{load_s:.1f} s), on "
         f"{device}, {threads} CPU threads; networks: teacher {networks.teacher.spec!r}, student "
         f"{networks.student.spec!r}")
     return StudyContext(study, data, store, views, networks, log)
@@ -136,10 +139,11 @@ def study_views(study, data, store, norm=None):
             store.save_tensor("stats", data.key, stats)
         mean = mean or tuple(round(float(v), 6) for v in stats[0])
         std = std or tuple(round(float(v), 6) for v in stats[1])
-    padding = study.augment.crop_padding
+    padding, aug, size = study.augment.crop_padding, study.augment, study.data.stored_size and study.data.image_size
     if padding is not None and padding >= min(data.image_size):
         raise UserError(f"augment.crop_padding: {padding} pixels would crop {data.image_size[0]}x"
                         f"{data.image_size[1]} images down to padding alone; fix: give less than "
                         f"{min(data.image_size)} (null: {min(data.image_size) // 8})")
-    return Views(study.seed, min(data.image_size) // 8 if padding is None else padding, study.augment.flip,
-                 tuple(mean), tuple(std), period=study.augment.period)
+    return Views(study.seed, min(data.image_size) // 8 if padding is None else padding, aug.flip, tuple(mean),
+                 tuple(std), period=aug.period, crop=aug.crop, scale=tuple(aug.scale), ratio=tuple(aug.ratio),
+                 size=(size, size) if size else None)

@@ -218,7 +218,7 @@ def networks_info(ctx, phase):
     student = phase.baselines["student_ce"]
     return {"teacher": {"model": ctx.networks.teacher.spec, "params": phase.teacher.params},
             "student": {"model": ctx.networks.student.spec, "params": student.params},
-            "image_size": list(ctx.data.image_size), "classes": len(ctx.data.classes), "notebook": ctx.notebook}
+            "image_size": list(ctx.networks.image_size), "classes": len(ctx.data.classes), "notebook": ctx.notebook}
 
 
 def describe(study, nets):

@@ -2,7 +2,7 @@
 schema.py's schema, which holds the rest."""
 from typing import Annotated, Literal, Optional, Tuple
 
-from pydantic import AfterValidator, BeforeValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 from pydantic.dataclasses import dataclass
 
 from kdsearch.study.validation import CONFIG, Float, Int, rule
@@ -62,10 +62,21 @@ class Data:
     train_subset: Optional[Int(ge=1)] = Field(None, description="train on a stratified subset of this size")
     image_size: Optional[Int(ge=1)] = Field(None, description="resize every image to SxS on decode (antialiased); "
                                             "null: the images' own size, which they must share")
+    stored_size: Optional[Int(ge=1)] = Field(None, description="with image_size: hold the images at SxS (e.g. 1.14 x "
+                                             "image_size) and crop the image_size views from them (training: the "
+                                             "augment.crop, evaluation: the centre); null: held at image_size")
     mean: Optional[Channels] = Field(None, description="per-channel mean (R, G, B in 0..1) for normalisation; "
                                      "null: the training split's own")
     std: Optional[Std] = Field(None, description="per-channel std (R, G, B in 0..1); null: the training "
                                     "split's own")
+
+    @model_validator(mode="after")
+    def _stored_holds_the_view(self):
+        if self.stored_size is not None and (self.image_size is None or self.stored_size < self.image_size):
+            raise rule("stored_size", "needs data.image_size, the views' size, and must be at least it",
+                       "set data.image_size to the views' size and {key} to at least it in {where}",
+                       got=self.stored_size)
+        return self
 
 
 @dataclass(config=CONFIG)
@@ -82,6 +93,21 @@ class Augment:
     crop_padding: Optional[Int(ge=0)] = Field(None, description="the crop's zero padding in pixels; null: 1/8 of "
                                               "the image's smaller side (4 at 32x32)")
     flip: bool = Field(True, description="random horizontal flips (false for digits or text)")
+    crop: Literal["pad", "resized"] = Field("pad", description="pad: a random crop of the zero-padded image (CIFAR's); "
+                                            "resized: RandomResizedCrop's box of `scale` of the area at an aspect "
+                                            "ratio in `ratio`, resized to the view's size (ImageNet's)")
+    scale: Tuple[Float(gt=0, le=1), Float(gt=0, le=1)] = Field((0.08, 1.0), description="resized: the box's share "
+                                                               "of the image's area, low and high")
+    ratio: Tuple[Float(gt=0), Float(gt=0)] = Field((3 / 4, 4 / 3), description="resized: the box's aspect ratio "
+                                                   "(width / height), low and high, drawn log-uniformly")
+
+    @model_validator(mode="after")
+    def _ranges(self):
+        for name in ("scale", "ratio"):
+            low, high = getattr(self, name)
+            if low > high:
+                raise rule(name, "must be [low, high] with low <= high", got=[low, high])
+        return self
     mixup: MixSetting = Field(default_factory=MixSetting, description="Zhang et al. 2018: alpha 1 on CIFAR-10")
     cutmix: MixSetting = Field(default_factory=lambda: MixSetting(1.0, 0.5),
                                description="Yun et al. 2019: alpha 1, prob 0.5 on CIFAR")

@@ -11,6 +11,8 @@ kd_img_s: kdsearch's KD step: a random permutation's batch of uint8 images gathe
 ce_img_s: the same step with CE alone and no teacher logits.
 kd_notebook_relu_img_s: the KD step with the notebook's layer order in StudentNet (ReLU before max-pooling).
 teacher_logits_img_s: the pass that fills the logit table: the teacher in eval mode on augmented views.
+views_pad_img_s, views_resized_img_s: the views alone, per image: the padded crop and flip (CIFAR's), and
+  RandomResizedCrop's box resized to the images' own size and flipped (augment.crop: resized), both normalised.
 kd_trial_img_s: a KD trial's whole cost per trained image, its step plus its share of the logit table when a
   study of N trials shares one table: 1 / (1 / kd_img_s + 1 / (N * teacher_logits_img_s)), for N = 1 and 20.
 kdsearch's steps are timed in alternating rounds (`repeats` of them) so that machine noise hits all alike.
@@ -141,6 +143,19 @@ def teacher_pass(split, device):
     return len(split) / (time.perf_counter() - start)
 
 
+def view_costs(split, batch_size, repeats):
+    """Images per second of the padded and of the resized-crop views of the split, in alternating rounds."""
+    kinds = {"views_pad_img_s": VIEWS, "views_resized_img_s": Views(0, crop="resized")}
+    elapsed = dict.fromkeys(kinds, 0.0)
+    for _ in range(repeats):
+        for name, views in kinds.items():
+            start = time.perf_counter()
+            for i in range(0, len(split), batch_size):
+                augmented_views(split.x, torch.arange(i, min(i + batch_size, len(split))), views, 1).sum().item()
+            elapsed[name] += time.perf_counter() - start
+    return {name: repeats * len(split) / s for name, s in elapsed.items()}
+
+
 def run_bench(path="data", source="auto", batches=20, batch_size=256, threads=0, repeats=3, log=print):
     threads = set_threads(threads)
     device = pick_device()
@@ -157,7 +172,8 @@ def run_bench(path="data", source="auto", batches=20, batch_size=256, threads=0,
     logits = torch.randn(1, len(split), 10, device=device)  # any table will do: a KD step reads, never computes it
     steps = kdsearch_steps(split, logits, batch_size, repeats)
     teacher = teacher_pass(split, device)
-    result = {"seed_loop_img_s": seed, **steps, "teacher_logits_img_s": teacher}
+    result = {"seed_loop_img_s": seed, **steps, "teacher_logits_img_s": teacher,
+              **view_costs(split, batch_size, repeats)}
     for trials in STUDY_SIZES:
         result[f"kd_trial_img_s_n{trials}"] = 1 / (1 / steps["kd_img_s"] + 1 / (trials * teacher))
     result = {k: round(v, 1) for k, v in result.items()}
@@ -178,6 +194,9 @@ def format_bench(r):
         f"kd_notebook_relu_img_s {relu:>10.1f}   KD step, notebook's ReLU-before-pool student (kd / this = "
         f"{kd / relu:.2f}x)",
         f"teacher_logits_img_s   {r['teacher_logits_img_s']:>10.1f}   teacher pass filling the logit table",
+        f"views_pad_img_s        {r['views_pad_img_s']:>10.1f}   the views alone: padded crop and flip",
+        f"views_resized_img_s    {r['views_resized_img_s']:>10.1f}   the views alone: resized crop and flip (pad / "
+        f"this = {r['views_pad_img_s'] / r['views_resized_img_s']:.2f}x)",
     ]
     lines += [f"kd_trial_img_s_n{n:<6} {r[f'kd_trial_img_s_n{n}']:>10.1f}   a KD trial's whole cost per image, with "
               f"1/{n} of the logit table's pass" for n in STUDY_SIZES]

@@ -27,7 +27,7 @@ FORMATS = {"pt2": ".pt2", "onnx": ".onnx", "state_dict": ".pt"}
 def save_student(folder, model, network, data, views):
     """kd_best's student (`model`, of networks.Network `network`), as `export` reads it: <folder>/student.pt,
     with the study data's (a dataset.StudyData's) image size and classes and the views' normalisation."""
-    image_size, classes = data.image_size, data.classes
+    image_size, classes = views.size or data.image_size, data.classes  # the views' size: what the network takes
     torch.save({"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                 "network": dataclasses.asdict(network), "image_size": list(image_size), "classes": list(classes),
                 "mean": list(views.mean), "std": list(views.std)}, Path(folder) / STUDENT)
@@ -55,7 +55,8 @@ def load_student(folder):
     saved = torch.load(path, map_location="cpu", weights_only=True)
     network = Network(**saved["network"])
     try:
-        model = network.build(len(saved["classes"]), tuple(saved["image_size"]))
+        # the architecture alone: the saved weights replace any starting weights (an init file need not be here)
+        model = network.architecture(len(saved["classes"]), tuple(saved["image_size"]))
         model.load_state_dict(saved["state_dict"])
     except (RuntimeError, OSError, ImportError, AttributeError, UserError) as e:  # a moved or edited network file
         raise UserError(f"{path}: its network {network.spec} ({network.name}) cannot be built with these weights "
