@@ -4,6 +4,7 @@ import os
 import statistics
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -237,6 +238,8 @@ def test_bench_figures_are_honest_measurements_with_their_evidence(tiny_archive,
         evidence)
     from kdsearch.engine.loop import pick_device
     assert evidence["batch_size"] == 256 and evidence["device"].startswith(pick_device().type)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True)
+    assert evidence["git_commit"].startswith(head.stdout.strip()) and len(head.stdout.strip()) == 40  # this checkout
     printed = {line.split()[0]: line for line in r.stdout.splitlines() if line.split()}
     for name, value in result.items():  # the JSON and the printout agree
         assert float(printed[name].split()[1]) == value

@@ -21,7 +21,7 @@ def evidence(device, threads):
 def _git_commit():
     """The commit of the checkout this package runs from, with -dirty for uncommitted changes; None when it is
     not a git checkout (an installed wheel) or git is missing."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # the checkout holding kdsearch/tools/evidence.py
     if not (root / ".git").exists():
         return None
 
