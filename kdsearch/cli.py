@@ -115,14 +115,13 @@ def cmd_search(args):
 
 
 def cmd_report(args):
-    import json
-
     from kdsearch.report.build import render
+    from kdsearch.report.stored import read
     from kdsearch.report.tables import print_summary
     folder = Path(args.folder)
     try:
-        report = json.loads((folder / "report.json").read_text())
-    except (OSError, ValueError) as e:
+        report = read(folder)
+    except (OSError, ValueError, KeyError, TypeError) as e:  # none, not JSON, not a report
         raise UserError(f"cannot read {folder / 'report.json'} ({type(e).__name__}); fix: give the folder of a "
                         f"finished search, <results>/<name>") from None
     print_summary(report, render(report, folder))

@@ -393,3 +393,26 @@ def test_the_control_arm_searches_the_same_budget_without_a_distillation_value(s
     assert "teacher" not in c["ce"]
     md = (results / "tiny" / "report.md").read_text()
     assert md.index(report["comparison"][0]["verdict"]) < md.index("```") and "compute: kd 3 trials" in md
+
+
+def test_a_report_from_before_the_control_arm_rerenders_as_the_kd_arms(searched, tmp_path):
+    """report.json as it was before issue 26 (no arms, trials without `arm`, importances flat) still re-renders:
+    read() puts everything in the KD arm."""
+    from kdsearch.report.build import render
+    from kdsearch.report.stored import read
+    report = json.loads((searched[0] / "tiny" / "report.json").read_text())
+    report["trials"] = [{k: v for k, v in t.items() if k != "arm"} for t in report["trials"] if t["arm"] == "kd"]
+    for e in report["confirmation"]["entries"]:
+        e.pop("arm")
+    report["rows"] = [{k: v for k, v in r.items() if k != "arm"} for r in report["rows"] if r["model"] != "ce_best"]
+    report["importances"], report["num_trials"] = report["importances"]["kd"], 3
+    for key in ("arms", "control_note", "compute", "ce_best_config"):
+        report.pop(key)
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    old = read(tmp_path)
+    assert {t["arm"] for t in old["trials"]} == {"kd"} and set(old["importances"]) == {"kd"}
+    assert next(r for r in old["rows"] if r["model"] == "kd_best")["arm"] == "kd"
+    render(old, tmp_path)
+    with open(tmp_path / "trials.csv") as f:
+        assert [r["arm"] for r in csv.DictReader(f)] == ["kd"] * 3
+    assert "3 kd trials; best KD settings" in (tmp_path / "report.md").read_text()

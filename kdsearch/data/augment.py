@@ -83,8 +83,8 @@ def view_params(views, epoch, idx, stored=None):
     of images `idx` (int64 tensor) in `epoch`. They depend on the padding, the sizes and the flip, not on the
     images: at padding 4 with flips, the notebook's views."""
     h = hash32(idx.long() ^ epoch_key(views, epoch))
-    (H, W), (oh, ow) = stored or (0, 0), views.size or stored or (0, 0)
-    span_y, span_x = 2 * views.padding + 1 + H - oh, 2 * views.padding + 1 + W - ow
+    margin = [s - v for s, v in zip(stored, views.size)] if stored and views.size else (0, 0)
+    span_y, span_x = (2 * views.padding + 1 + m for m in margin)
     flip = (h // (span_y * span_x)) % 2 if views.flip else torch.zeros_like(h)
     return h % span_y, (h // span_y) % span_x, flip
 

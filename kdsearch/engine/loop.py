@@ -38,10 +38,11 @@ def set_threads(n=0):
     return n
 
 
-def new_model(networks, role, seed, device):
-    """A new network of `role` (teacher or student) of the study's networks.Networks, initialised by `seed`."""
+def new_model(networks, role, seed, device, start=True):
+    """A new network of `role` (teacher or student) of the study's networks.Networks, initialised by `seed`;
+    start False: its starting weights not read, since stored ones replace them."""
     torch.manual_seed(seed)  # the same seed gives the same initial weights
-    return networks.build(role).to(device, memory_format=torch.channels_last)
+    return networks.build(role, start).to(device, memory_format=torch.channels_last)
 
 
 def _autocast(device):

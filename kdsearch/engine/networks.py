@@ -137,9 +137,11 @@ class Networks:
     num_classes: int
     image_size: tuple
 
-    def build(self, role):
-        """A new network of `role` (a recipe's model: teacher or student), with its constructor's initialisation."""
-        return getattr(self, role).build(self.num_classes, self.image_size)
+    def build(self, role, start=True):
+        """A new network of `role` (a recipe's model: teacher or student), its weights where they start (or, with
+        start False, as its constructor built them: for weights about to be replaced by stored ones)."""
+        net = getattr(self, role)
+        return (net.build if start else net.architecture)(self.num_classes, self.image_size)
 
     def key(self, role):
         """What names the network of `role` in cache keys (a file's content hash included)."""

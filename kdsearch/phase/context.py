@@ -2,7 +2,7 @@
 of models and tensors, its views and networks, and where progress lines go."""
 import dataclasses
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -28,6 +28,7 @@ class StudyContext:
     views: Views  # how every image is seen: crop, flip, normalisation, the study's seed
     networks: Networks  # the teacher and student, for the data's classes and size
     log: Callable[[str], None] = log_stderr
+    starts: dict = field(default_factory=dict, repr=False)  # (role, seed) -> its starting weights' accuracies
 
     @property
     def notebook(self):

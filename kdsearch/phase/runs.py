@@ -35,8 +35,8 @@ def train_or_load(ctx, spec, make_table=None):
     recipe's mix that returns the teacher's logit table of those views, called only when the run is trained (a
     stored run needs none). The views are the study's, mixed as the recipe says."""
     data, log, recipe = ctx.data, ctx.log, spec.recipe
-    model = new_model(ctx.networks, recipe.model, spec.seed, data.train.x.device)
     stored = ctx.store.load_run(spec.kind, spec.key)
+    model = new_model(ctx.networks, recipe.model, spec.seed, data.train.x.device, start=stored is None)
     if stored is not None:
         model.load_state_dict(stored.state)
         log(f"{spec.name}: reusing the stored run {spec.kind}/{spec.key} (val {stored.run.val_acc:.2f}%)")
@@ -44,7 +44,7 @@ def train_or_load(ctx, spec, make_table=None):
     log(f"{spec.name}: training {recipe.model} with {recipe.loss} for {recipe.epochs} epochs on {len(data.train)} "
         f"images")
 
-    before = starting_accuracies(ctx, model, recipe.model, spec.name)
+    before = starting_accuracies(ctx, model, recipe.model, spec.seed)
     start = time.perf_counter()
     views = ctx.views_of(recipe.mix, repeat=spec.kind != "teacher")
     lesson = Lesson(data.train, views, data.val, make_table(recipe.mix) if make_table else None)
@@ -60,13 +60,17 @@ def train_or_load(ctx, spec, make_table=None):
                             time.perf_counter() - start, before)
 
 
-def starting_accuracies(ctx, model, role, name):
-    """{val_acc, test_acc} of a network that starts from weights (pretrained or init) before its training, the
-    measure of what the fine-tuning gave; None for a random start."""
+def starting_accuracies(ctx, model, role, seed):
+    """{val_acc, test_acc} of a network of `role` that starts from weights (pretrained or init) before its
+    training, the measure of what the fine-tuning gave; None for a random start. Measured once per role and seed
+    (the student baselines all start from the same weights, their fresh head seeded alike)."""
     net = getattr(ctx.networks, role)
     if not (net.weights or net.init):
         return None
-    accs = {"val_acc": evaluate(model, ctx.data.val, ctx.views), "test_acc": evaluate(model, ctx.data.test, ctx.views)}
-    ctx.log(f"{name}: its starting weights score val {accs['val_acc']:.2f}% / test {accs['test_acc']:.2f}% before "
-            f"training")
-    return accs
+    if (role, seed) not in ctx.starts:
+        accs = {"val_acc": evaluate(model, ctx.data.val, ctx.views),
+                "test_acc": evaluate(model, ctx.data.test, ctx.views)}
+        ctx.log(f"models.{role}: its starting weights (seed {seed}) score val {accs['val_acc']:.2f}% / test "
+                f"{accs['test_acc']:.2f}% before training")
+        ctx.starts[role, seed] = accs
+    return ctx.starts[role, seed]

@@ -62,9 +62,10 @@ class StoredTrial:
     history: list
     state: dict  # its model's state_dict, on the CPU
 
-    def matches(self, recipe, seed, data):
-        """Whether a trial of `recipe` (a schema.Recipe) and `seed` on `data` is this very run."""
-        return seed == data.seed and dataclasses.asdict(recipe) == self.recipe
+    def matches(self, recipe):
+        """Whether a trial of `recipe` (a schema.Recipe; trials train with the study's seed, as it did) is this
+        very run."""
+        return dataclasses.asdict(recipe) == self.recipe
 
 
 def replay(stored, report, resume=None):
@@ -95,7 +96,7 @@ def run_trial(recipe, data, seed, report=None, resume=None):
         train_split, val_split = to_split(data.train_x, data.train_y, device), to_split(data.val_x, data.val_y, device)
         # this run's table alone, when it reads one (a CE baseline of the confirmation does not)
         table = torch.from_numpy(data.logits[recipe.mix]).to(device) if recipe.loss in NEEDS_TEACHER else None
-    model = new_model(data.networks, recipe.model, seed, device)
+    model = new_model(data.networks, recipe.model, seed, device, start=resume is None)
     start = time.time()
 
     def on_epoch(m, state):

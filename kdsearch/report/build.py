@@ -11,7 +11,6 @@ from kdsearch.core.records import COMPLETED, ROW_FIELDS
 from kdsearch.report.control import Costs, comparisons, compute, control_note
 from kdsearch.report.stats import mean_sd
 from kdsearch.report.tables import (
-    arm_importances,
     check_lines,
     compute_line,
     format_table,
@@ -61,7 +60,7 @@ def build(meta, rows, confirmation, trials):
                     "val_acc": val, "test_acc": test,
                     "val_acc_sd": val_sd, "test_acc_sd": test_sd, "val_accs": vals, "test_accs": tests,
                     "seeds": e["seeds"] if e else seeds[:1]})
-    per_arm = {arm: sum(t.get("arm", "kd") == arm for t in trials) for arm in meta.arms}
+    per_arm = {arm: sum(t["arm"] == arm for t in trials) for arm in meta.arms}
     return {"study": meta.study, "name": meta.name, "rows": out,
             "best_config": _searched(winners["kd"], meta.arms["kd"], trials, "kd"),  # its loss's values
             "ce_best_config": _searched(winners["ce"], meta.arms["ce"], trials, "ce") if "ce" in winners else None,
@@ -74,13 +73,13 @@ def build(meta, rows, confirmation, trials):
             "compute": compute(meta.costs, trials, meta.arms),
             "num_trials": len(trials),
             "space": {k: dataclasses.asdict(p) for k, p in meta.space.items()},
-            "families": families([t for t in trials if t.get("arm", "kd") == "kd"], meta.space, entries),
+            "families": families([t for t in trials if t["arm"] == "kd"], meta.space, entries),
             "importances": meta.importances,
             "trials": trials, "mlflow": meta.mlflow, "dashboard": meta.dashboard, "networks": meta.networks}
 
 
 def _trial(trials, arm, number):
-    return next(t for t in trials if t.get("arm", "kd") == arm and t["number"] == number)
+    return next(t for t in trials if t["arm"] == arm and t["number"] == number)
 
 
 def _searched(winner, names, trials, arm):
@@ -110,7 +109,7 @@ def families(trials, space, confirmed):
 
 def baselines_note(report):
     """What the fixed rows are: their study recipes, never searched."""
-    ce = (report.get("arms") or {}).get("ce")
+    ce = report["arms"].get("ce")
     return ("student_ce and kd_reference are fixed reference points: each trains by its study recipe (by default "
             "Adam at a constant learning rate on cropped and flipped views) and is never searched; only the trials, "
             f"and so kd_best, moved {', '.join(report['space'])}"
@@ -164,7 +163,7 @@ def write(report, folder, figures):
     (folder / "report.json").write_text(json.dumps(report, indent=1))
     best, m = report["best_config"], report["mlflow"]
     md = [f"# {report['study']}: KD search report", ""]
-    arms = report.get("arms") or {"kd": {"trials": report["num_trials"]}}
+    arms = report["arms"]
     md += [f"- {line}" for line in verdict_lines(report) + check_lines(report)] + [""]
     md += [" and ".join(f"{a['trials']} {arm} trials" for arm, a in arms.items()) + "; best KD settings by "
            + ("mean validation accuracy over seeds" if report.get("confirmed") else "validation accuracy") + ": "
@@ -212,8 +211,8 @@ def _importances_md(report):
     if report.get("importances") is None:  # a report from before importances
         return []
     md = ["## Hyperparameter importances", ""]
-    for arm, imp in arm_importances(report).items() or [("kd", {})]:
-        done = sum(t["state"] == COMPLETED for t in report["trials"] if t.get("arm", "kd") == arm)
+    for arm, imp in report["importances"].items():
+        done = sum(t["state"] == COMPLETED for t in report["trials"] if t["arm"] == arm)
         if not imp:
             why = (f"{done} completed trial(s), fewer than 3" if done < 3 else
                    f"over the {done} completed trials the evaluator found no difference between the best and the "
@@ -235,15 +234,15 @@ def _trials_csv(report, path):
     """One line per trial, with its arm (kd, ce); confirmed trials also carry their means over the confirmation's
     seeds."""
     keys = sorted({k for t in report["trials"] for k in t["params"]})
-    confirmed = {(e.get("arm") or "kd", e["trial"]): e for e in (report.get("confirmation") or {}).get("entries", [])
+    confirmed = {(e["arm"], e["trial"]): e for e in (report.get("confirmation") or {}).get("entries", [])
                  if e["trial"] is not None and report.get("confirmed")}
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["arm", "number", "trial_id", "state", *keys, "val_acc", "epochs_run", "train_s",
                     "confirmed_val_acc_mean", "confirmed_test_acc_mean", "confirmed_seeds", "reused", "error"])
         for t in report["trials"]:
-            e = confirmed.get((t.get("arm", "kd"), t["number"]))
+            e = confirmed.get((t["arm"], t["number"]))
             means = [mean_sd(e["val_accs"])[0], mean_sd(e["test_accs"])[0], len(e["seeds"])] if e else ["", "", ""]
-            w.writerow([t.get("arm", "kd"), t["number"], t["trial_id"], t["state"],
+            w.writerow([t["arm"], t["number"], t["trial_id"], t["state"],
                         *[t["params"].get(k) for k in keys], t["val_acc"], t["epochs_run"], round(t["train_s"], 1),
                         *means, t.get("reused") or "", t.get("error") or ""])

@@ -62,7 +62,7 @@ def compute(costs, trials, arms):
     search wall time; the KD arm also its teacher's training and logit tables, which only distillation needs."""
     out = {}
     for arm in arms:
-        mine = [t for t in trials if t.get("arm", "kd") == arm]
+        mine = [t for t in trials if t["arm"] == arm]
         epochs = sum(t["epochs_run"] for t in mine)
         out[arm] = {"trials": len(mine), "trial_epochs": epochs, "images_trained": epochs * costs.train_images,
                     "train_s": sum(t["train_s"] for t in mine), "search_s": costs.search_s.get(arm)}

@@ -11,16 +11,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 from kdsearch.core.names import BEST, CONFIRMED  # noqa: E402
 from kdsearch.core.records import COMPLETED, PRUNED, TRIAL_STATES  # noqa: E402
 from kdsearch.report.stats import mean_interval  # noqa: E402
-from kdsearch.report.tables import arm_importances  # noqa: E402
 
 
 COLORS = dict(zip(TRIAL_STATES, ("tab:blue", "tab:orange", "tab:purple", "tab:red")))  # a trial's, by its state
 MARKERS = {"kd": "o", "ce": "s"}  # a trial's, by its arm (the KD search, the CE control arm)
 BEST_SO_FAR = {"kd": "-", "ce": "--"}
-
-
-def _arm(trial):
-    return trial.get("arm", "kd")  # a report from before the control arm: every trial is KD's
 
 
 def plot_report(report, folder):
@@ -33,8 +28,8 @@ def plot_report(report, folder):
     paths.append(_curves(report, folder / "curves.png"))
     if report.get("families") and "temperature" in report["space"]:
         paths.append(_families(report, trials, folder / "families.png"))
-    if any(arm_importances(report).values()):
-        paths.append(_importances(arm_importances(report), folder / "importances.png"))
+    if any((report.get("importances") or {}).values()):
+        paths.append(_importances(report["importances"], folder / "importances.png"))
     if report.get("confirmed"):
         paths.append(_confirmation(report, folder / "confirmation.png"))
     return paths
@@ -45,15 +40,15 @@ def _history(report, trials, path):
     CE), each arm's best so far (solid KD, dashed CE), the confirmed baselines."""
     baselines = {r["model"]: r for r in report["rows"]}
     fig, ax = plt.subplots(figsize=(7, 4))
-    arms = list(dict.fromkeys(_arm(t) for t in trials))
+    arms = list(dict.fromkeys(t["arm"] for t in trials))
     for arm in arms:
         for state, color in COLORS.items():
-            pts = [(t["number"], t["val_acc"]) for t in trials if t["state"] == state and _arm(t) == arm]
+            pts = [(t["number"], t["val_acc"]) for t in trials if t["state"] == state and t["arm"] == arm]
             if pts:
                 ax.scatter(*zip(*pts), c=color, marker=MARKERS.get(arm, "^"), s=25,
                            label=f"{arm} {state}" if len(arms) > 1 else state)
         best, line = float("-inf"), []
-        for t in sorted((t for t in trials if _arm(t) == arm), key=lambda t: t["number"]):
+        for t in sorted((t for t in trials if t["arm"] == arm), key=lambda t: t["number"]):
             if t["state"] == COMPLETED:
                 best = max(best, t["val_acc"])
             line.append((t["number"], best if best > float("-inf") else None))
@@ -83,15 +78,15 @@ def _params(report, trials, path):
         if p.get("type") == "choice":
             ax.set_xticks(range(len(p["values"])), ["null" if v is None else str(v) for v in p["values"]])
             x = [p["values"].index(v) for v in x]
-        for arm in dict.fromkeys(_arm(t) for t in having):  # the marker tells the arms apart: o KD, s CE
-            mine = [(xi, t) for xi, t in zip(x, having) if _arm(t) == arm]
+        for arm in dict.fromkeys(t["arm"] for t in having):  # the marker tells the arms apart: o KD, s CE
+            mine = [(xi, t) for xi, t in zip(x, having) if t["arm"] == arm]
             ax.scatter([xi for xi, _ in mine], [t["val_acc"] for _, t in mine], marker=MARKERS.get(arm, "^"),
                        c=[COLORS.get(t["state"], "k") for _, t in mine], s=20)
         if p.get("type") == "loguniform":
             _log_x(ax)
         ax.set(xlabel=name, ylabel="val acc (%)")
     fig.suptitle("Validation accuracy against each hyperparameter"
-                 + (" (o: KD trials, s: CE trials)" if len({_arm(t) for t in trials}) > 1 else ""))
+                 + (" (o: KD trials, s: CE trials)" if len({t["arm"] for t in trials}) > 1 else ""))
     return _save(fig, path)
 
 
@@ -145,16 +140,16 @@ def _importances(by_arm, path):
 def _confirmation(report, path):
     """Every confirmed model across seeds: each seed a point, the mean a bar, its 95 % t interval a line."""
     entries = report["confirmation"]["entries"]
-    best = {(r.get("arm", "kd"), r["trial"]): r["model"] for r in report["rows"] if r["model"] in BEST.values()}
-    names = [e["model"] + (f" ({best[e.get('arm') or 'kd', e['trial']]})" if e["trial"] is not None
-                           and (e.get("arm") or "kd", e["trial"]) in best else "") for e in entries]
+    best = {(r["arm"], r["trial"]): r["model"] for r in report["rows"] if r["model"] in BEST.values()}
+    names = [e["model"] + (f" ({best[e['arm'], e['trial']]})" if (e["arm"], e["trial"]) in best else "")
+             for e in entries]
     colour = {"kd": "tab:blue", "ce": "tab:green"}
     fig, axes = plt.subplots(1, 2, figsize=(max(7, 1.4 * len(entries) + 2), 4), squeeze=False)
     for ax, metric, label in zip(axes[0], ("val_accs", "test_accs"), ("validation", "test")):
         for x, e in enumerate(entries):
             values = e[metric]
             ax.scatter([x] * len(values), values, s=18,
-                       c=colour.get(e.get("arm") or "kd", "k") if e["trial"] is not None else "tab:gray")
+                       c=colour.get(e["arm"], "tab:gray"))  # a baseline's arm is None: gray
             ci = mean_interval(values)
             if ci:
                 ax.errorbar(x, sum(values) / len(values), yerr=[[sum(values) / len(values) - ci[0]],

@@ -145,19 +145,12 @@ def verdict_lines(report):
     note = [report["control_note"]] if report.get("control_note") else []
     if not report.get("confirmed"):
         return ["kd_best is unconfirmed: it is the best single-seed trial (confirm.seeds: 1); no intervals."] + note
-    lines = [f"test accuracy: {c['verdict']}" for c in report["comparison"]]
-    return (lines[:1] + note + lines[1:]) if lines and report["comparison"][0]["b"] == "ce_best" else note + lines
+    return note + [f"test accuracy: {c['verdict']}" for c in report["comparison"]]
 
 
 def check_lines(report):
     """Why the study may not work (phase/sanity.py's findings), one line each."""
     return [f"check: {c['line']}" for c in report.get("checks") or ()]
-
-
-def arm_importances(report):
-    """{arm: importances} of a report (one from before the control arm held the KD arm's alone)."""
-    imp = report.get("importances") or {}
-    return {"kd": imp} if imp and all(isinstance(v, (int, float)) for v in imp.values()) else imp
 
 
 def compute_line(report):
@@ -201,7 +194,7 @@ def print_summary(report, written, out=sys.stdout):
         b = f["best"]
         print(f"best {f['loss']}: " + (f"{b['val_acc']:.2f}% val (trial {b['trial']}; {settings(b['params'])})"
                                        if b else "no completed trial"), file=out)
-    for arm, imp in arm_importances(report).items():
+    for arm, imp in (report.get("importances") or {}).items():
         if imp:
             print(f"importances ({arm}): " + ", ".join(f"{k} {v:.2f}" for k, v in imp.items()), file=out)
     if compute_line(report):

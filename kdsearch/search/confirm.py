@@ -149,7 +149,7 @@ def _entries(ctx, phase, trials, seeds):
         base = phase.baselines[ARMS[arm]].config
         for t in done[:ctx.study.confirm.top_k if len(seeds) > 1 else 1]:
             config = {**base, **t.params}
-            student = new_model(ctx.networks, config["model"], seeds[0], ctx.data.train.x.device)
+            student = new_model(ctx.networks, config["model"], seeds[0], ctx.data.train.x.device, start=False)
             student.load_state_dict(load_state(t.checkpoint, ctx.data.train.x.device).model)
             students[len(entries)] = student
             entries.append(ConfirmEntry(f"trial_{t.number}" if arm == "kd" else f"{arm}_trial_{t.number}",

@@ -76,15 +76,15 @@ def run_search(study, study_file, options, log=log_stderr):
         arms = study_arms(study, log)
         tracker.start_parent(name, record["search_id"], [study_file, *ctx.networks.files],
                              parent_params(study, networks, arms), phase.rows)
-        trials = search_arms(ctx, phase, arms, TuneJob(data, "kd", {}, None, resources, results / name, 0),
-                             Driver(state, tracker, options.resume, took, log))
+        driver = Driver(state, tracker, options.resume, took, log)
+        trials = search_arms(ctx, phase, arms, TuneJob(data, "kd", {}, None, resources, results / name, 0), driver)
         state.write(stage="the confirmation")
         with timed(took, "confirm_s"):
             confirmation = confirm(ctx, phase, trials, Workers(data, resources, study.search.max_concurrent), tracker)
         state.write(stage="the report")
         meta = reports.ReportMeta(study.name, name, study.space, arm_importances(arms, trials, log), tracker.info(),
                                   dashboard, networks, {a.name: list(a.space) for a in arms}, study.search.control,
-                                  costs(ctx, phase, took))
+                                  costs(ctx, phase, driver.arm_s))
         report = reports.build(meta, phase.rows, confirmation, trials)
         checks += best_at_chance(report["rows"], len(ctx.data.val), len(ctx.data.classes))
         report["checks"] = [dataclasses.asdict(c) for c in checks]
@@ -111,25 +111,26 @@ def run_search(study, study_file, options, log=log_stderr):
 @dataclasses.dataclass
 class Driver:
     """What drives a search's arms: its record (state.SearchState), its MLflow tracker, --resume, the stages'
-    clocks (timed) and where progress lines go."""
+    clocks (timed), where progress lines go, and each arm's search seconds ({arm: s})."""
     state: SearchState
     tracker: object
     resume: bool
     took: dict
     log: object
+    arm_s: dict = dataclasses.field(default_factory=dict)
 
 
 def search_arms(ctx, phase, arms, job, driver):
     """Each arm's search (space.Arm), one Tune run each, the KD search first: `job` (a TuneJob) made the arm's
     (its baseline's recipe and stored run, its longest trial). An arm that finished before an interruption is
     read back on resume (search.json's arms_done). Returns the Trials of every arm; driver.took gets the
-    seconds (search_s, search_<arm>_s)."""
+    seconds (search_s), driver.arm_s each arm's."""
     trials = []
     for arm in arms:
         record = driver.state.write(stage=f"the {arm.name} search")
         mine = dataclasses.replace(job, arm=arm.name, base=dataclasses.asdict(arm.base),
                                    reuse=stored_trial(ctx, phase, arm), max_epochs=space_epochs(arm.space, arm.base))
-        with timed(driver.took, "search_s"), timed(driver.took, f"search_{arm.name}_s"):
+        with timed(driver.took, "search_s"), timed(driver.arm_s, arm.name):
             done = driver.resume and arm.name in record.get("arms_done", [])
             trials += search_trials(arm, mine, ctx.study.search, driver, done)
         driver.state.write(arms_done=list(dict.fromkeys([*record.get("arms_done", []), arm.name])))
@@ -165,11 +166,11 @@ def arm_importances(arms, trials, log):
     return {a.name: importances([t.to_json() for t in trials if t.arm == a.name], a.space, log) for a in arms}
 
 
-def costs(ctx, phase, took):
-    """What each arm's search and the KD arm's teacher cost (report.Costs)."""
+def costs(ctx, phase, arm_s):
+    """What each arm's search (`arm_s`: {arm: its search's seconds}) and the KD arm's teacher cost
+    (report.Costs)."""
     teacher = phase.teacher
-    per_arm = {k[len("search_"):-len("_s")]: v for k, v in took.items() if k.startswith("search_") and k != "search_s"}
-    return Costs(len(ctx.data.train), per_arm, len(teacher.history), teacher.train_s, phase.table.forwards,
+    return Costs(len(ctx.data.train), arm_s, len(teacher.history), teacher.train_s, phase.table.forwards,
                  phase.table.seconds)
 
 

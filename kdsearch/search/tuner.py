@@ -59,7 +59,7 @@ def tune_trial(config, data, base, reuse=None):
             save_state(state(), d)
             tune.report({**metrics, "resumed_from": resumed_from}, checkpoint=tune.Checkpoint.from_directory(d))
     recipe = Recipe(**{**base, **{k: v for k, v in config.items() if k != NUMBER}})
-    if reuse is not None and reuse.matches(recipe, data.seed, data):
+    if reuse is not None and reuse.matches(recipe):
         replay(reuse, report, resume)
     else:
         run_trial(recipe, data, data.seed, report=report, resume=resume)
