@@ -45,6 +45,20 @@ def cmd_baselines(args):
     print(f"\nwrote {md_path} and {json_path} in {time.perf_counter() - start:.0f} s")
 
 
+def cmd_precision(args):
+    from kdsearch.engine.loop import pick_device
+    from kdsearch.phase.context import open_study
+    from kdsearch.tools.precision import format_precision, measure, write_json
+    if args.images < 1:
+        raise UserError(f"--images must be >= 1 (got {args.images}); fix: give a positive number")
+    study = _study(args)
+    ctx = open_study(study, args.study, args.results, pick_device(study.device))
+    out = measure(ctx, args.images)
+    path = Path(args.results) / study.name / "precision.json"
+    write_json(out, path)
+    print(format_precision(out) + f"\n\nwrote {path}")
+
+
 def cmd_train(args):
     import json
     import re
@@ -180,6 +194,9 @@ def build_parser():
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe field, e.g. --set loss=dkd --set beta=2 (repeatable)")
     t.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2 (default: the study's seed)")
+    pr = study_cmd("precision", cmd_precision, "measure the float16 logit table's error in each distillation loss "
+                                               "and its gradients, on the study's teacher and kd_reference student")
+    pr.add_argument("--images", type=int, default=2048, help="training images measured (default: 2048)")
     sc = sub.add_parser("schema", help="print the study file's JSON Schema (for an editor's YAML language server)")
     sc.set_defaults(fn=cmd_schema)
     r = sub.add_parser("report", help="re-render a search's report from what is stored, training nothing")

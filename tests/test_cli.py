@@ -12,6 +12,7 @@ from conftest import stored
 
 from kdsearch.core.errors import UserError
 from kdsearch.study.schema import load_study
+from kdsearch.tools.precision import TEMPERATURES
 
 
 def kdsearch(*args, cwd):
@@ -44,6 +45,18 @@ def test_baselines_end_to_end_then_everything_is_reused(tiny_study, tiny_archive
     assert stored(results / "cache") == cache  # nothing trained or computed again
     assert second.stdout.splitlines()[2:6] == [line + "  (stored)" if "(stored)" not in line else line
                                                for line in first.stdout.splitlines()[2:6]]
+
+    # the float16 table's error, measured on the stored teacher and kd_reference: nothing trained for it
+    measured = kdsearch("precision", tiny_study, "--data", tiny_archive, "--results", results, "--images", 64,
+                        cwd=tmp_path)
+    assert measured.returncode == 0, measured.stderr
+    assert stored(results / "cache") == cache and "reusing the stored run" in measured.stderr
+    out = json.loads((results / "tiny" / "precision.json").read_text())
+    names = [e["name"] for e in out["errors"]]
+    assert names[0] == "kd T=1, soft terms alone" and names[-1] == "kd_reference (kd T=4.5 alpha=0.8)"
+    assert len(names) == 4 * len(TEMPERATURES) + 1 and out["evidence"]["images"] == 64
+    assert all(0 <= e["loss_max"] < 1e-2 and 0 <= e["grad_max"] < 1e-1 for e in out["errors"]), out["errors"]
+    assert [line.split()[0] for line in measured.stdout.splitlines()[3:3 + len(names)]] == [n.split()[0] for n in names]
 
 
 BAD_STUDIES = [

@@ -9,6 +9,7 @@ from kdsearch.data.dataset import Split, load_arrays, prepare
 from kdsearch.engine.loop import Lesson, new_model, train, train_step
 from kdsearch.engine.losses import make_loss
 from kdsearch.engine.networks import notebook_networks
+from kdsearch.engine.precision import TABLE_DTYPE
 from kdsearch.phase.context import StudyContext
 from kdsearch.phase.store import Store
 from kdsearch.phase.teacher import get_teacher, load_teacher_checkpoint, logit_table
@@ -33,7 +34,7 @@ def test_kd_step_on_cached_logits_equals_the_step_with_the_teacher_online(data, 
     torch.manual_seed(1)
     teacher = new_model(NETS, "teacher", 1, torch.device("cpu")).eval()
     table = logit_table(context(data, Store(tmp_path), seed=5), teacher, "t", 2)
-    assert table.shape == (2, len(data.train), 10)
+    assert table.shape == (2, len(data.train), 10) and table.dtype == TABLE_DTYPE
     recipe = Recipe(loss="kd", temperature=4.0, alpha=0.5)
     idx = torch.randperm(len(data.train))[:64]
     x, y = augmented_views(data.train.x, idx, Views(5), 1), data.train.y[idx]
@@ -42,8 +43,8 @@ def test_kd_step_on_cached_logits_equals_the_step_with_the_teacher_online(data, 
         student = new_model(NETS, "student", 0, torch.device("cpu"))
         opt = torch.optim.Adam(student.parameters(), lr=1e-2)
         if online:
-            with torch.no_grad():
-                t = teacher(x)
+            with torch.no_grad():  # the table stores the teacher's logits rounded to float16
+                t = teacher(x).to(TABLE_DTYPE)
         else:
             t = table[1, idx]
         loss, _ = train_step(student, opt, make_loss(recipe), x, y, t)
@@ -126,7 +127,7 @@ def test_training_pairs_each_epochs_views_with_that_epochs_logits(data, tmp_path
         online.train()
         x = augmented_views(small.x, every, Views(7), epoch)
         with torch.no_grad():
-            t = teacher(x)
+            t = teacher(x).to(TABLE_DTYPE)
         train_step(online, opt, loss_fn, x, small.y, t)
     for (name, p), q in zip(cached.named_parameters(), online.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)

@@ -71,8 +71,8 @@ def train_step(model, opt, loss_fn, x, y, t=None, clip=None):
 class Lesson:
     """What a run learns from, the same for every seed of a study: the training split, the study's views (each
     image's augmented view per epoch, and the normalisation), the validation split each epoch is scored on, and the
-    teacher's logits for exactly those views (an (epochs, len(train), classes) tensor, which a distillation loss
-    requires)."""
+    teacher's logits for exactly those views (an (epochs, len(train), classes) tensor, float16 in a study's table,
+    read as float32 by the step; a distillation loss requires it)."""
     train: Split
     views: Views
     val: Optional[Split] = None

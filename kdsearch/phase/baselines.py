@@ -12,7 +12,7 @@ from kdsearch.core.records import Run
 from kdsearch.engine.losses import NEEDS_TEACHER
 from kdsearch.phase.runs import RunSpec, train_or_load
 from kdsearch.phase.store import make_key
-from kdsearch.phase.teacher import get_teacher, logit_epochs, logit_table
+from kdsearch.phase.teacher import TABLE_FORMAT, get_teacher, logit_epochs, logit_table
 from kdsearch.study.schema import key_fields
 
 
@@ -35,7 +35,7 @@ def run_key(ctx, recipe, seed, teacher_key=None):
     seed; runs that read the teacher also depend on it."""
     return make_key("run", key_fields(recipe), ctx.networks.key(recipe.model), ctx.data.key,
                     ctx.views_of(recipe.mix).key, seed,
-                    teacher_key if recipe.loss in NEEDS_TEACHER else None)
+                    (teacher_key, TABLE_FORMAT) if recipe.loss in NEEDS_TEACHER else None)
 
 
 class LogitTables:

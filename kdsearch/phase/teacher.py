@@ -7,9 +7,10 @@ logits[e, i] = teacher(view(seed, e, i)) is exact for every KD run of the study,
 teacher's cost per study is therefore one training plus (max epochs) inference passes over the training split,
 per mixing the study's KD runs use (none, mixup, cutmix: each sees other views, so each has its own table).
 
-A table is epochs x N_train x classes float32: 45,000 images x 10 classes is 1.8 MB per epoch, 720 MB at 400
-epochs, held once per trial process on a GPU. augment.period bounds it: epoch e shows epoch e % period's views,
-and the table holds `period` epochs (100: 180 MB), however long the runs.
+A table is epochs x N_train x classes logits in float16 (engine/precision.py: the error that makes in the KD
+losses and their gradients, measured): 45,000 images x 10 classes is 0.9 MB per epoch, 360 MB at 400 epochs, held
+once per trial process on a GPU. augment.period bounds it: epoch e shows epoch e % period's views, and the table
+holds `period` epochs (100: 90 MB), however long the runs.
 """
 import hashlib
 import time
@@ -25,10 +26,13 @@ from kdsearch.engine.loop import evaluate, predict
 from kdsearch.engine.losses import NEEDS_TEACHER
 from kdsearch.engine.models import count_params
 from kdsearch.engine.netcheck import load_teacher_checkpoint
+from kdsearch.engine.precision import TABLE_DTYPE
 from kdsearch.phase.runs import RunSpec, train_or_load
 from kdsearch.phase.store import make_key
 from kdsearch.study.schema import key_fields
 from kdsearch.study.space import space_epochs
+
+TABLE_FORMAT = str(TABLE_DTYPE).removeprefix("torch.")  # in the keys of the tables and of the runs that read them
 
 
 def get_teacher(ctx):
@@ -70,16 +74,16 @@ def logit_mixes(study):
 
 
 def logit_table(ctx, teacher, teacher_key, epochs, mix="none"):
-    """(rows, N_train, classes) float32 teacher logits of every augmented view (mixed by `mix`) of runs of up to
+    """(rows, N_train, classes) float16 (TABLE_DTYPE) teacher logits of every augmented view (mixed by `mix`) of runs of up to
     `epochs` epochs, on the data's device: rows = epochs, or augment.period when shorter. Computed once and
     stored. Row e depends on (seed, epoch e, image) alone, so a stored longer table of the same views serves a
     shorter one (its first rows), and a stored shorter one is extended by the rows it lacks."""
     data, views = ctx.data, ctx.views_of(mix)
     rows = views.table_epochs(epochs)
-    views_key = make_key("logits", teacher_key, data.key, views.key)  # the same views, any length
+    views_key = make_key("logits", teacher_key, data.key, views.key, TABLE_FORMAT)  # the same views, any length
 
     def key_of(n):  # the table of these views with n rows
-        return make_key("logits", teacher_key, data.key, views.key, n)
+        return make_key("logits", teacher_key, data.key, views.key, TABLE_FORMAT, n)
 
     key = key_of(rows)
     table = ctx.store.load_tensor("logits", key)
@@ -109,7 +113,8 @@ def _extend(ctx, teacher, views, table, rows):
     with progress(rows - have, name, ctx.log) as bar:
         epochs = [] if table is None else [table]
         for e in range(have, rows):
-            epochs.append(predict(teacher, data.train.x, lambda idx: augmented_views(data.train.x, idx, views, e))[None])
+            logits = predict(teacher, data.train.x, lambda idx: augmented_views(data.train.x, idx, views, e))
+            epochs.append(logits.to(TABLE_DTYPE)[None])
             bar.step("")  # a bar on a terminal; elsewhere the one line below
     table = torch.cat([t.to(data.train.x.device) for t in epochs])
     ctx.log(f"{name}: {rows - have} epochs x {len(data.train)} views ({table.nbytes / 2 ** 20:.1f} MiB) in "
