@@ -15,6 +15,7 @@ from kdsearch.data.dataset import Split, load_arrays, prepare
 from kdsearch.engine.loop import Lesson, new_model, predict, train
 from kdsearch.engine.losses import make_loss
 from kdsearch.engine.networks import notebook_networks
+from kdsearch.engine.precision import TABLE_DTYPE
 from kdsearch.phase.context import StudyContext, mix_views
 from kdsearch.phase.store import Store
 from kdsearch.phase.teacher import logit_mixes, logit_table
@@ -96,7 +97,8 @@ def test_the_table_holds_the_teacher_on_exactly_the_mixed_views(data, tmp_path):
     views = mix_views(Views(5), study.augment, "cutmix")
     assert views.mix == Mix("cutmix", 1.0, 0.5) and views == ctx.views_of("cutmix")
     again = predict(teacher, data.train.x[idx], lambda i: augmented_views(data.train.x, idx[i], views, 1))
-    torch.testing.assert_close(table[1, idx], again, rtol=1e-4, atol=1e-4)
+    # the teacher's logits, float16-rounded: a batch of another order may round across a float16 step
+    torch.testing.assert_close(table[1, idx], again.to(TABLE_DTYPE), rtol=1e-3, atol=1e-3)
     _, lam, _ = mix_params(views, 1, idx, len(data.train), data.image_size)
     changed = lam < 1
     assert changed.any() and not torch.allclose(table[1, idx[changed]], plain[1, idx[changed]])
