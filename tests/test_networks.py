@@ -106,7 +106,8 @@ def test_a_search_distils_a_pretrained_torchvision_teacher_into_a_file_student_o
     torch.save(torchvision.models.mobilenet_v3_small(num_classes=1000).state_dict(), weights)
     origins = tmp_path / "origins.txt"
     study = own_study(tmp_path / "study", teacher='{spec: "torchvision:mobilenet_v3_small", weights: DEFAULT}',
-                      origins=origins, student="{spec: tiny_net.py:Net, init: start.pt}")
+                      origins=origins, student="{spec: tiny_net.py:Net, init: start.pt, mean: [0.5, 0.5, 0.5], "
+                                              "std: [0.25, 0.25, 0.25]}")
     import importlib.util
     spec = importlib.util.spec_from_file_location("own_tiny_net", study.parent / "tiny_net.py")
     tiny_net = importlib.util.module_from_spec(spec)
@@ -117,11 +118,11 @@ def test_a_search_distils_a_pretrained_torchvision_teacher_into_a_file_student_o
     assert (f"{study}: models.teacher: starts from MobileNet_V3_Small_Weights.IMAGENET1K_V1 (" in r.stderr
             and "classifier.3.weight, classifier.3.bias built fresh for the study's 10 classes)" in r.stderr)
     assert f"{study}: models.student: starts from {study.parent / 'start.pt'} (11 of 11 tensors loaded)" in r.stderr
-    # both are fed the normalisation of the teacher's weights (the init file states none, and a line says so)
-    assert f"{study}: models.student.init states no normalisation, so it is fed mean (0.485, 0.456, 0.406)" \
-        in r.stderr
+    # each is fed its own normalisation, the teacher its weights', the student the one its entry states
+    assert (f"{study}: the teacher's weights expect mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225) and the "
+            f"student's mean (0.5, 0.5, 0.5), std (0.25, 0.25, 0.25): each is fed its own") in r.stderr
     saved = torch.load(tmp_path / "results" / "own" / "student.pt", weights_only=True)
-    assert (tuple(saved["mean"]), tuple(saved["std"])) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    assert (tuple(saved["mean"]), tuple(saved["std"])) == ((0.5,) * 3, (0.25,) * 3)  # the student's own, exported
     report = json.loads((tmp_path / "results" / "own" / "report.json").read_text())
     teacher_params = count_params(torchvision.models.get_model("mobilenet_v3_small", num_classes=10))
     student_params = count_params(tiny_net.Net(10))
@@ -132,8 +133,11 @@ def test_a_search_distils_a_pretrained_torchvision_teacher_into_a_file_student_o
     assert (f"teacher: trained from its starting weights: val {t['start']['val_acc']:.2f}% -> {t['val_acc']:.2f}%, "
             f"test {t['start']['test_acc']:.2f}% -> {t['test_acc']:.2f}%") in \
         (tmp_path / "results" / "own" / "report.md").read_text()
-    assert report["networks"] == {"teacher": {"model": "torchvision:mobilenet_v3_small", "params": teacher_params},
-                                  "student": {"model": "tiny_net.py:Net", "params": student_params},
+    imagenet = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    assert report["networks"] == {"teacher": {"model": "torchvision:mobilenet_v3_small", "params": teacher_params,
+                                              **imagenet},
+                                  "student": {"model": "tiny_net.py:Net", "params": student_params,
+                                              "mean": [0.5] * 3, "std": [0.25] * 3},
                                   "image_size": [24, 24], "classes": 10, "notebook": False}
     assert {r["model"]: r["params"] for r in report["rows"]} == {
         "teacher": teacher_params, **{m: student_params for m in ("student_mse", "student_ce", "kd_reference",
@@ -141,7 +145,9 @@ def test_a_search_distils_a_pretrained_torchvision_teacher_into_a_file_student_o
     assert all(t["state"] == "completed" for t in report["trials"]) and len(report["trials"]) == 2
     md = (tmp_path / "results" / "own" / "report.md").read_text()
     assert (f"networks: teacher = torchvision:mobilenet_v3_small ({teacher_params:,} params), student = "
-            f"tiny_net.py:Net ({student_params:,} params); 24x24 images, 10 classes") in md
+            f"tiny_net.py:Net ({student_params:,} params); 24x24 images, 10 classes\n"
+            f"each network fed its own normalisation: teacher mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225); "
+            f"student mean (0.5, 0.5, 0.5), std (0.25, 0.25, 0.25)") in md
     assert "notebook" not in md  # the notebook's table compares with its own networks on CIFAR-10 only
     assert "notebook" not in r.stdout
     from mlflow.tracking import MlflowClient

@@ -146,15 +146,32 @@ def test_normalisation_follows_the_weights_and_a_file_without_one_is_said(hub, t
                for line in said), said
     assert f"{study_file}: models.student.init states no normalisation, so it is fed mean (0.485, 0.456, 0.406)" \
            in "\n".join(said)
-    # the two networks' weights expect different normalisations: refused unless the study sets one
+    assert ctx.teacher_views is None and ctx.fed("teacher") == ctx.views  # one normalisation: one set of views
+    # the two networks' weights expect different normalisations: each is fed its own, and that is said
     study_file.write_text(STUDY.format(student='{spec: "torchvision:mobilenet_v3_small", init: start.pt, '
                                                'mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5]}'))
-    with pytest.raises(UserError, match="the teacher's weights expect mean .* fix: set data.mean and data.std"):
-        open_study(load_study(study_file, {"data.path": str(tiny_archive)}), study_file, tmp_path / "r",
-                   torch.device("cpu"), said.append)
+    ctx = open_study(load_study(study_file, {"data.path": str(tiny_archive)}), study_file, tmp_path / "r",
+                     torch.device("cpu"), said.append)
+    assert (ctx.views.mean, ctx.views.std) == ((0.5,) * 3, (0.5,) * 3)
+    assert flat((ctx.fed("teacher").mean, ctx.fed("teacher").std)) == pytest.approx(flat(IMAGENET))
+    assert ctx.views_of("cutmix", role="teacher").mix == ctx.views_of("cutmix").mix  # the same views but their numbers
+    assert any("the teacher's weights expect mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225) and the "
+               "student's mean (0.5, 0.5, 0.5), std (0.5, 0.5, 0.5): each is fed its own" in line for line in said)
+    # the teacher's logit table holds the teacher's logits of each view normalised its own way
+    from kdsearch.data.augment import augmented_views
+    from kdsearch.engine.loop import new_model
+    from kdsearch.phase.teacher import logit_table
+    teacher = new_model(ctx.networks, "teacher", 0, torch.device("cpu")).eval()
+    table, idx = logit_table(ctx, teacher, "t", 1).float(), torch.arange(16)
+    with torch.no_grad():
+        own = teacher(augmented_views(ctx.data.train.x, idx, ctx.fed("teacher"), 0))
+        student_way = teacher(augmented_views(ctx.data.train.x, idx, ctx.views, 0))
+    torch.testing.assert_close(table[0, idx], own, rtol=2e-3, atol=2e-3)  # float16's rounding
+    assert (table[0, idx] - student_way).abs().max() > 0.05
+    # data.mean and data.std feed both the same
     given = load_study(study_file, {"data.path": str(tiny_archive), "data.mean": [0.4] * 3, "data.std": [0.3] * 3})
     ctx = open_study(given, study_file, tmp_path / "r", torch.device("cpu"), said.append)
-    assert (ctx.views.mean, ctx.views.std) == ((0.4,) * 3, (0.3,) * 3)
+    assert (ctx.views.mean, ctx.views.std) == ((0.4,) * 3, (0.3,) * 3) and ctx.teacher_views is None
 
 
 def test_an_init_file_of_another_architecture_stops_the_command_in_one_line_writing_nothing(tiny_archive, tmp_path):

@@ -34,7 +34,7 @@ def run_key(ctx, recipe, seed, teacher_key=None):
     """Everything that determines a run of the study `ctx`: the recipe, its network, the data, the views and the
     seed; runs that read the teacher also depend on it."""
     return make_key("run", key_fields(recipe), ctx.networks.key(recipe.model), ctx.data.key,
-                    ctx.views_of(recipe.mix).key, seed,
+                    ctx.views_of(recipe.mix, role=recipe.model).key, seed,
                     (teacher_key, TABLE_FORMAT) if recipe.loss in NEEDS_TEACHER else None)
 
 

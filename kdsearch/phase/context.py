@@ -4,7 +4,7 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -29,6 +29,12 @@ class StudyContext:
     networks: Networks  # the teacher and student, for the data's classes and size
     log: Callable[[str], None] = log_stderr
     starts: dict = field(default_factory=dict, repr=False)  # (role, seed) -> its starting weights' accuracies
+    teacher_views: Optional[Views] = None  # the teacher's, when its weights expect another normalisation
+
+    def fed(self, role):
+        """The study's views as network `role` is fed them: the same crops and flips, each network normalised as
+        its weights expect."""
+        return self.teacher_views if role == "teacher" and self.teacher_views is not None else self.views
 
     @property
     def notebook(self):
@@ -38,11 +44,11 @@ class StudyContext:
                 and (self.views.padding, self.views.flip, self.views.period) == (PAD, True, None)
                 and self.views.crop == "pad" and self.views.size is None)
 
-    def views_of(self, mix, repeat=True):
+    def views_of(self, mix, repeat=True, role="student"):
         """The training views of a recipe whose mix is `mix` (none, mixup, cutmix): the study's, mixed by its
-        augment.mixup or augment.cutmix; repeat=False: never repeating (the teacher's: augment.period bounds the
-        students' logit tables, and the teacher reads none)."""
-        views = mix_views(self.views, self.study.augment, mix)
+        augment.mixup or augment.cutmix, normalised for network `role`; repeat=False: never repeating (the
+        teacher's training: augment.period bounds the students' logit tables, and the teacher reads none)."""
+        views = mix_views(self.fed(role), self.study.augment, mix)
         return views if repeat else dataclasses.replace(views, period=None)
 
 
@@ -71,14 +77,16 @@ def open_study(study, study_file, results, device, log=log_stderr, nets=None):
     cache_arrays(arrays, cache)  # only now: a mistake in the networks leaves nothing behind
     data = prepare(arrays, cfg.val_size, cfg.train_subset, study.seed, device)
     store = Store(cache, log)
-    views = study_views(study, data, store, study_norm(study, study_file, networks, log))
+    norms = study_norms(study, study_file, networks, log)
+    views = study_views(study, data, store, norms["student"])
+    teacher_views = study_views(study, data, store, norms["teacher"]) if norms["teacher"] != norms["student"] else None
     held = f" held at {data.image_size[0]}x{data.image_size[1]}" if cfg.stored_size else ""
     log(f"data: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test images of "
         f"{networks.image_size[0]}x{networks.image_size[1]}{held}, {len(data.classes)} classes (loaded in "
         f"{load_s:.1f} s), on "
         f"{device}, {threads} CPU threads; networks: teacher {networks.teacher.spec!r}, student "
         f"{networks.student.spec!r}")
-    return StudyContext(study, data, store, views, networks, log)
+    return StudyContext(study, data, store, views, networks, log, teacher_views=teacher_views)
 
 
 def resolve_networks(study, study_file):
@@ -105,18 +113,21 @@ def study_networks(study, study_file, nets, num_classes, image_size, log=None):
     return networks
 
 
-def study_norm(study, study_file, networks, log):
-    """The normalisation (mean, std) the networks' starting weights expect, or None: the data's own statistics
-    then. data.mean / data.std decide when set; a network's stated mean / std or its named weights' own come
-    next; weights that state none (an init file, a teacher checkpoint) get a line saying what they are fed."""
+def study_norms(study, study_file, networks, log):
+    """{role: the normalisation (mean, std) network `role` is fed, or None: the data's own statistics}.
+    data.mean / data.std decide for both when set; else each network's stated mean / std or its named weights'
+    own. Two that differ are each fed their own (said in a line); weights that state none (an init file, a
+    teacher checkpoint) are fed the other network's, or the data's own, and a line says so."""
     if study.data.mean is not None and study.data.std is not None:
-        return None
+        return {role: None for role in ROLES}
     expected = {role: getattr(networks, role).expected_norm() for role in ROLES}
     stated = {role: norm for role, norm in expected.items() if norm is not None}
     if len(set(stated.values())) > 1:
-        raise UserError(f"{study_file}: the teacher's weights expect mean {stated['teacher'][0]}, std "
-                        f"{stated['teacher'][1]}, the student's mean {stated['student'][0]}, std "
-                        f"{stated['student'][1]}; fix: set data.mean and data.std (both networks are fed the same)")
+        (tm, ts), (sm, ss) = stated["teacher"], stated["student"]
+        log(f"{study_file}: the teacher's weights expect mean {tm}, std {ts} and the student's mean {sm}, std {ss}: "
+            f"each is fed its own (the logit table holds the teacher's logits of its own normalisation of each "
+            f"view); data.mean and data.std would feed both the same")
+        return stated
     norm = next(iter(stated.values()), None)
     unstated = [f"models.{role}.init" for role in ROLES if getattr(networks, role).init and expected[role] is None]
     unstated += ["teacher.checkpoint"] if study.teacher.checkpoint and expected["teacher"] is None else []
@@ -124,7 +135,7 @@ def study_norm(study, study_file, networks, log):
         fed = f"mean {norm[0]}, std {norm[1]} (the other network's weights')" if norm else "the data's own statistics"
         log(f"{study_file}: {what} states no normalisation, so it is fed {fed}; if it was trained under another, "
             f"give it as mean and std beside it (or data.mean and data.std)")
-    return norm
+    return {role: norm for role in ROLES}
 
 
 def study_views(study, data, store, norm=None):

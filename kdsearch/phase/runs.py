@@ -46,7 +46,7 @@ def train_or_load(ctx, spec, make_table=None):
 
     before = starting_accuracies(ctx, model, recipe.model, spec.seed)
     start = time.perf_counter()
-    views = ctx.views_of(recipe.mix, repeat=spec.kind != "teacher")
+    views = ctx.views_of(recipe.mix, repeat=spec.kind != "teacher", role=recipe.model)
     lesson = Lesson(data.train, views, data.val, make_table(recipe.mix) if make_table else None)
     with progress(recipe.epochs, spec.name, log) as bar:
         def report(m, state):
@@ -56,7 +56,7 @@ def train_or_load(ctx, spec, make_table=None):
     if history[-1].get("diverged"):
         raise UserError(f"{spec.name} diverged in epoch {len(history)} (its loss became NaN or infinite) with lr "
                         f"{recipe.lr}; fix: lower {spec.name}'s lr in the study file")
-    return model, spec.save(ctx.store, model, history, evaluate(model, data.test, ctx.views),
+    return model, spec.save(ctx.store, model, history, evaluate(model, data.test, views),
                             time.perf_counter() - start, before)
 
 
@@ -68,8 +68,8 @@ def starting_accuracies(ctx, model, role, seed):
     if not (net.weights or net.init):
         return None
     if (role, seed) not in ctx.starts:
-        accs = {"val_acc": evaluate(model, ctx.data.val, ctx.views),
-                "test_acc": evaluate(model, ctx.data.test, ctx.views)}
+        accs = {"val_acc": evaluate(model, ctx.data.val, ctx.fed(role)),
+                "test_acc": evaluate(model, ctx.data.test, ctx.fed(role))}
         ctx.log(f"models.{role}: its starting weights (seed {seed}) score val {accs['val_acc']:.2f}% / test "
                 f"{accs['test_acc']:.2f}% before training")
         ctx.starts[role, seed] = accs

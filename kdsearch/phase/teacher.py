@@ -42,20 +42,21 @@ def get_teacher(ctx):
     recipe, data, store = ctx.study.teacher, ctx.data, ctx.store
     if recipe.checkpoint:
         path = Path(recipe.checkpoint).expanduser()
-        model = load_teacher_checkpoint(path, ctx.networks, data.train.x.device)
+        model, views = load_teacher_checkpoint(path, ctx.networks, data.train.x.device), ctx.fed("teacher")
         digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-        key = make_key("checkpoint", digest, ctx.networks.teacher.key, data.key, ctx.views_of("none", repeat=False).key)
+        key = make_key("checkpoint", digest, ctx.networks.teacher.key, data.key,
+                       ctx.views_of("none", repeat=False, role="teacher").key)
         stored = store.load_run("teacher", key)
         if stored is not None:
             return model, stored.run
-        run = Run(model="teacher", key=key, params=count_params(model), val_acc=evaluate(model, data.val, ctx.views),
-                  test_acc=evaluate(model, data.test, ctx.views), train_s=0.0, history=[],
+        run = Run(model="teacher", key=key, params=count_params(model), val_acc=evaluate(model, data.val, views),
+                  test_acc=evaluate(model, data.test, views), train_s=0.0, history=[],
                   config={"checkpoint": str(path)}, cached=True)  # used as given: nothing trained
         store.save_run("teacher", key, model, run.to_json())
         ctx.log(f"teacher: loaded {path} (val {run.val_acc:.2f}%)")
         return model, run
     fields = {k: v for k, v in key_fields(recipe).items() if k != "checkpoint"}
-    key = make_key("teacher", fields, ctx.networks.teacher.key, data.key, ctx.views_of(recipe.mix, repeat=False).key,
+    key = make_key("teacher", fields, ctx.networks.teacher.key, data.key, ctx.views_of(recipe.mix, repeat=False, role="teacher").key,
                    ctx.study.seed)
     return train_or_load(ctx, RunSpec("teacher", recipe, ctx.study.seed, key, kind="teacher"))
 
@@ -77,8 +78,9 @@ def logit_table(ctx, teacher, teacher_key, epochs, mix="none"):
     """(rows, N_train, classes) float16 (TABLE_DTYPE) teacher logits of every augmented view (mixed by `mix`) of runs of up to
     `epochs` epochs, on the data's device: rows = epochs, or augment.period when shorter. Computed once and
     stored. Row e depends on (seed, epoch e, image) alone, so a stored longer table of the same views serves a
-    shorter one (its first rows), and a stored shorter one is extended by the rows it lacks."""
-    data, views = ctx.data, ctx.views_of(mix)
+    shorter one (its first rows), and a stored shorter one is extended by the rows it lacks. The teacher sees
+    each view normalised as its weights expect (StudyContext.fed)."""
+    data, views = ctx.data, ctx.views_of(mix, role="teacher")
     rows = views.table_epochs(epochs)
     views_key = make_key("logits", teacher_key, data.key, views.key, TABLE_FORMAT)  # the same views, any length
 

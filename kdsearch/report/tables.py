@@ -81,9 +81,16 @@ def networks_lines(report):
     if not n:
         return []
     h, w = n["image_size"]
-    return [f"networks: teacher = {n['teacher']['model']} ({n['teacher']['params']:,} params), student = "
-            f"{n['student']['model']} ({n['student']['params']:,} params); {h}x{w} images, {n['classes']} classes"
-            ] + start_lines(report["rows"])
+    t, s = n["teacher"], n["student"]
+    fed = [] if (t.get("mean"), t.get("std")) == (s.get("mean"), s.get("std")) else [
+        f"each network fed its own normalisation: teacher mean {_rgb(t['mean'])}, std {_rgb(t['std'])}; student mean "
+        f"{_rgb(s['mean'])}, std {_rgb(s['std'])}"]
+    return [f"networks: teacher = {t['model']} ({t['params']:,} params), student = {s['model']} ({s['params']:,} "
+            f"params); {h}x{w} images, {n['classes']} classes"] + fed + start_lines(report["rows"])
+
+
+def _rgb(values):
+    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
 
 
 def start_lines(rows):

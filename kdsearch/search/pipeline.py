@@ -214,11 +214,14 @@ def trial_data(ctx, table, resources, device):
 
 
 def networks_info(ctx, phase):
-    """The report's `networks`: each network's spec and parameter count, the images' size and class count, and
-    whether the notebook's table compares (its networks on CIFAR-10 at 32x32)."""
-    student = phase.baselines["student_ce"]
-    return {"teacher": {"model": ctx.networks.teacher.spec, "params": phase.teacher.params},
-            "student": {"model": ctx.networks.student.spec, "params": student.params},
+    """The report's `networks`: each network's spec, parameter count and the normalisation it is fed, the images'
+    size and class count, and whether the notebook's table compares (its networks on CIFAR-10 at 32x32)."""
+    def net(role, params):
+        views = ctx.fed(role)
+        return {"model": getattr(ctx.networks, role).spec, "params": params, "mean": list(views.mean),
+                "std": list(views.std)}
+    return {"teacher": net("teacher", phase.teacher.params),
+            "student": net("student", phase.baselines["student_ce"].params),
             "image_size": list(ctx.networks.image_size), "classes": len(ctx.data.classes), "notebook": ctx.notebook}
 
 

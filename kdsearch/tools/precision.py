@@ -40,8 +40,10 @@ def measure(ctx, images=2048):
         for i in range(0, n, recipe.batch_size):
             idx = torch.arange(i, min(i + recipe.batch_size, n), device=data.train.x.device)
             x = augmented_views(data.train.x, idx, views, epoch)
-            with torch.no_grad():
-                batches.append((x, data.train.y[idx], logits_of(teacher(x)).float()))
+            with torch.no_grad():  # the teacher sees the same views normalised its own way (StudyContext.fed)
+                t = logits_of(teacher(augmented_views(data.train.x, idx, ctx.views_of("none", role="teacher"),
+                                                      epoch))).float()
+            batches.append((x, data.train.y[idx], t))
     t = torch.cat([b[2] for b in batches])
     loss_fns = [(f"{name} T={T:g}, soft terms alone", make_loss(dataclasses.replace(
                     recipe, loss=name, temperature=T, alpha=0.0, beta=None, gamma=None)))
