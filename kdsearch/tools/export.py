@@ -46,6 +46,18 @@ class Normalized(torch.nn.Module):
         return logits_of(self.model((x - self.mean) / self.std))
 
 
+_BATCH = {"x": {0: torch.export.Dim("batch", min=1, max=1 << 16)}}  # any batch size
+
+
+def deployable(model, mean, std, image_size):
+    """The torch.export program of a student with its normalisation (`mean`, `std`) folded in, taking float
+    images in 0..1 of `image_size` at any batch size, on the student's device: what pt2 holds, and what a
+    student's latency is measured on (engine/cost.py)."""
+    device = next(model.parameters()).device
+    wrapped = Normalized(model, mean, std).to(device).eval()
+    return torch.export.export(wrapped, (torch.rand(2, 3, *image_size, device=device),), dynamic_shapes=_BATCH)
+
+
 def load_student(folder):
     """(the student network in eval mode on the CPU, the saved record) of a finished search's folder."""
     path = Path(folder) / STUDENT
@@ -81,16 +93,13 @@ def export(folder, fmt="pt2", out=None):
         torch.save({"state_dict": saved["state_dict"], "network": saved["network"]["spec"],
                     "network_record": saved["network"], "num_classes": len(saved["classes"]),
                     **{k: saved[k] for k in ("image_size", "classes", "mean", "std")}}, out)
+    elif fmt == "pt2":
+        torch.export.save(deployable(model, saved["mean"], saved["std"], (h, w)), out)
     else:
-        wrapped = Normalized(model, saved["mean"], saved["std"]).eval()
-        example = torch.rand(2, 3, h, w)
-        batch = {"x": {0: torch.export.Dim("batch", min=1, max=1 << 16)}}
-        if fmt == "pt2":
-            torch.export.save(torch.export.export(wrapped, (example,), dynamic_shapes=batch), out)
-        else:
-            _check_onnx()
-            torch.onnx.export(wrapped, (example,), str(out), input_names=["x"], output_names=["logits"],
-                              dynamic_shapes=batch, dynamo=True, external_data=False)  # one file
+        _check_onnx()
+        torch.onnx.export(Normalized(model, saved["mean"], saved["std"]).eval(), (torch.rand(2, 3, h, w),), str(out),
+                          input_names=["x"], output_names=["logits"], dynamic_shapes=_BATCH, dynamo=True,
+                          external_data=False)  # one file
     Path(f"{out}.json").write_text(json.dumps(about, indent=1))
     return out
 
