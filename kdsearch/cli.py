@@ -33,16 +33,22 @@ def cmd_baselines(args):
     from kdsearch.phase.context import open_study
     from kdsearch.phase.sanity import findings
     from kdsearch.report.tables import format_table, write_baselines
+    from kdsearch.study.inputs import student_label
     study = _study(args)
     start = time.perf_counter()
     ctx = open_study(study, args.study, args.results, pick_device(study.device))
-    phase = run_baselines(ctx)
-    for f in findings(study, phase, len(ctx.data.train), len(ctx.data.val), len(ctx.data.classes)):
-        ctx.log(f"check: {f.line}")  # said, not stopped: the search stops at a teacher at chance
-    rows = [{**r.to_json(), "cached": r.cached} for r in phase.rows]
-    json_path, md_path = write_baselines(rows, Path(args.results) / study.name, ctx.notebook)
-    print(format_table(rows, notebook=ctx.notebook))
-    print(f"\nwrote {md_path} and {json_path} in {time.perf_counter() - start:.0f} s")
+    tables, several, written = None, len(ctx.students) > 1, []
+    for sctx in ctx.students:  # the teacher and its logit tables made once, each student's baselines its own
+        phase = run_baselines(sctx, tables=tables)
+        tables, spec = phase.table, sctx.networks.student.spec
+        for f in findings(study, phase, len(ctx.data.train), len(ctx.data.val), len(ctx.data.classes)):
+            ctx.log(f"check: {spec + ': ' if several else ''}{f.line}")  # said, not stopped (the search stops)
+        rows = [{**r.to_json(), "cached": r.cached} for r in phase.rows]
+        folder = Path(args.results) / study.name / ("students/" + student_label(spec) if several else "")
+        written += reversed(write_baselines(rows, folder, sctx.notebook))  # the .md first
+        print(f"student {spec}:\n" if several else "", end="")
+        print(format_table(rows, notebook=sctx.notebook) + ("\n" if several else ""))
+    print(f"\nwrote {' and '.join(map(str, written))} in {time.perf_counter() - start:.0f} s")
 
 
 def cmd_precision(args):
@@ -143,7 +149,7 @@ def cmd_report(args):
 
 def cmd_export(args):
     from kdsearch.tools.export import export
-    out = export(args.folder, args.format, args.out)
+    out = export(args.folder, args.format, args.out, args.student)
     print(f"wrote {out} and {out}.json")
 
 
@@ -207,6 +213,8 @@ def build_parser():
     e.add_argument("--format", default="pt2", choices=("pt2", "onnx", "state_dict"),
                    help="pt2: torch.export (default); onnx (needs onnx, onnxscript); state_dict: the weights")
     e.add_argument("--out", help="the file to write (default: <folder>/student.pt2, .onnx or .pt)")
+    e.add_argument("--student", help="a study of several students: the spec of the one to export (default: the "
+                                     "recommended one)")
     e.set_defaults(fn=cmd_export)
     b = sub.add_parser("bench", help="the notebook's KD loop against kdsearch's KD and CE steps")
     b.add_argument("--data", default="data", help="dataset, as for the study commands (default: data)")

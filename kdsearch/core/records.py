@@ -56,6 +56,7 @@ class Trial:
     checkpoint: Optional[str] = field(default=None, repr=False)  # its last checkpoint's folder (not reported)
     arm: str = "kd"  # the search's arm it belongs to: kd, or ce (the control arm; names.ARMS)
     reused: Optional[str] = None  # the baseline whose stored run it is (a trial at that baseline's own recipe)
+    student: Optional[str] = None  # the spec of the student it trains
 
     def to_json(self):
         return {k: v for k, v in vars(self).items() if k != "checkpoint"}

@@ -10,14 +10,15 @@ from kdsearch.engine.models import MODELS, count_params
 from kdsearch.engine.networks import logits_of
 
 
-def check(networks, where, log=None):
+def check(networks, where, log=None, roles=ROLES):
     """Build both networks, their starting weights loaded (a file that does not fit is one line), and run each on
     a batch of two images of the data's size, on the CPU: a constructor or forward that raises, an output that is
     not (2, N) logits, a teacher and student that disagree on N: one UserError naming where[role] (FILE:
-    models.ROLE). `log` hears where each network's weights start. Returns {role: parameter count}."""
+    models.ROLE). `log` hears where each network's weights start. roles: the ones to check. Returns {role:
+    parameter count}."""
     h, w = networks.image_size
     counts = {}
-    for role in ROLES:
+    for role in roles:
         net, at = getattr(networks, role), where[role]
         if net.kind == "notebook" and min(h, w) < MODELS[net.name].min_size:
             raise UserError(f"{at}: the notebook's {net.name} needs images of at least {MODELS[net.name].min_size}"

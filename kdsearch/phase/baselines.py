@@ -59,11 +59,13 @@ class LogitTables:
         return sum(t.shape[0] * t.shape[1] for t in self.held.values())
 
 
-def run_baselines(ctx, table_epochs: Optional[int] = None):
+def run_baselines(ctx, table_epochs: Optional[int] = None, tables=None):
     """Train (or reuse) the teacher and the fixed baselines of the study `ctx`. The logit table covers every KD
-    run of the study (the space's longest trial included), or `table_epochs` epochs when given."""
+    run of the study (the space's longest trial included), or `table_epochs` epochs when given. tables: another
+    student's LogitTables of this teacher, shared when the teacher is fed alike (made once per study)."""
     teacher, teacher_run = get_teacher(ctx)
-    table = LogitTables(ctx, teacher, teacher_run.key, table_epochs or logit_epochs(ctx.study))
+    table = tables if tables is not None and tables.ctx.fed("teacher") == ctx.fed("teacher") else \
+        LogitTables(ctx, teacher, teacher_run.key, table_epochs or logit_epochs(ctx.study))
     runs = {}
     for name in BASELINES:
         recipe = getattr(ctx.study.baselines, name)

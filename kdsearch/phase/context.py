@@ -20,6 +20,15 @@ from kdsearch.phase.store import Store
 from kdsearch.study.schema import Study
 
 
+@dataclass(frozen=True)
+class Pairing:
+    """The teacher with one student of the study: their Networks and the views each is fed (teacher_views None:
+    the student's)."""
+    networks: Networks
+    views: Views
+    teacher_views: Optional[Views] = None
+
+
 @dataclass
 class StudyContext:
     study: Study
@@ -30,6 +39,23 @@ class StudyContext:
     log: Callable[[str], None] = log_stderr
     starts: dict = field(default_factory=dict, repr=False)  # (role, seed) -> its starting weights' accuracies
     teacher_views: Optional[Views] = None  # the teacher's, when its weights expect another normalisation
+    pairings: tuple = ()  # one Pairing per student of the study, this context's first (open_study)
+
+    def for_student(self, i):
+        """This study's context for its i-th student: its networks and views (the data, store and teacher
+        shared)."""
+        p = self.pairings[i]
+        return dataclasses.replace(self, networks=p.networks, views=p.views, teacher_views=p.teacher_views)
+
+    @property
+    def students(self):
+        """The study's students' contexts, in the study file's order."""
+        return [self.for_student(i) for i in range(len(self.pairings))] if self.pairings else [self]
+
+    @property
+    def files(self):
+        """The users' network files of every student and the teacher, which Ray ships to its workers."""
+        return sorted({f for c in self.students for f in c.networks.files})
 
     def fed(self, role):
         """The study's views as network `role` is fed them: the same crops and flips, each network normalised as
@@ -72,39 +98,60 @@ def open_study(study, study_file, results, device, log=log_stderr, nets=None):
     if cfg.val_size + (cfg.train_subset or 1) > len(arrays.train_y):
         raise UserError(f"data.val_size ({cfg.val_size}) + data.train_subset ({cfg.train_subset}) exceed the "
                         f"{len(arrays.train_y)} training images of {cfg.path}; fix: lower them in the study file")
-    networks = study_networks(study, study_file, nets or resolve_networks(study, study_file), len(arrays.classes),
-                              (cfg.image_size,) * 2 if cfg.stored_size else arrays.train_x.shape[1:3], log)
+    nets = nets or resolve_networks(study, study_file)
+    size = (cfg.image_size,) * 2 if cfg.stored_size else arrays.train_x.shape[1:3]
+    count = len(nets["students"])
+    paired = [study_networks(study, study_file, Networks(nets["teacher"], s, len(arrays.classes), tuple(size)),
+                             {**({"teacher": f"{study_file}: models.teacher"} if i == 0 else {}),
+                              "student": student_where(study_file, i, count)}, log)
+              for i, s in enumerate(nets["students"])]
     cache_arrays(arrays, cache)  # only now: a mistake in the networks leaves nothing behind
     data = prepare(arrays, cfg.val_size, cfg.train_subset, study.seed, device)
     store = Store(cache, log)
-    norms = study_norms(study, study_file, networks, log)
-    views = study_views(study, data, store, norms["student"])
-    teacher_views = study_views(study, data, store, norms["teacher"]) if norms["teacher"] != norms["student"] else None
+    pairings = tuple(pairing(study, study_file, data, store, networks, log) for networks in paired)
     held = f" held at {data.image_size[0]}x{data.image_size[1]}" if cfg.stored_size else ""
     log(f"data: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test images of "
-        f"{networks.image_size[0]}x{networks.image_size[1]}{held}, {len(data.classes)} classes (loaded in "
-        f"{load_s:.1f} s), on "
-        f"{device}, {threads} CPU threads; networks: teacher {networks.teacher.spec!r}, student "
-        f"{networks.student.spec!r}")
-    return StudyContext(study, data, store, views, networks, log, teacher_views=teacher_views)
+        f"{size[0]}x{size[1]}{held}, {len(data.classes)} classes (loaded in {load_s:.1f} s), on {device}, "
+        f"{threads} CPU threads; networks: teacher {nets['teacher'].spec!r}, student"
+        f"{'s' if len(paired) > 1 else ''} {', '.join(repr(n.spec) for n in nets['students'])}")
+    first = pairings[0]
+    return StudyContext(study, data, store, first.views, first.networks, log, teacher_views=first.teacher_views,
+                        pairings=pairings)
+
+
+def pairing(study, study_file, data, store, networks, log=log_stderr):
+    """The Pairing of the teacher with one student (`networks`): the views each is fed."""
+    norms = study_norms(study, study_file, networks, log)
+    views = study_views(study, data, store, norms["student"])
+    teacher = study_views(study, data, store, norms["teacher"]) if norms["teacher"] != norms["student"] else None
+    return Pairing(networks, views, teacher)
 
 
 def resolve_networks(study, study_file):
-    """{role: networks.Network} as the study file names them (cheap: a file's network is hashed, not run); a spec
-    that does not resolve is a UserError naming FILE: models.ROLE."""
-    return {role: resolve_entry(getattr(study.models, role), Path(study_file).parent, f"{study_file}: models.{role}")
-            for role in ROLES}
+    """{"teacher": networks.Network, "students": [networks.Network, ...]} as the study file names them (cheap: a
+    file's network is hashed, not run); a spec that does not resolve is a UserError naming FILE: models.ROLE."""
+    base, students = Path(study_file).parent, study.models.students
+    return {"teacher": resolve_entry(study.models.teacher, base, f"{study_file}: models.teacher"),
+            "students": [resolve_entry(e, base, student_where(study_file, i, len(students)))
+                         for i, e in enumerate(students)]}
 
 
-def study_networks(study, study_file, nets, num_classes, image_size, log=None):
-    """The study's Networks for its data, checked (netcheck.check: `log` hears where their weights start), with
-    the teacher's checkpoint if any."""
-    networks = Networks(nets["teacher"], nets["student"], num_classes, tuple(image_size))
+def student_where(study_file, i, count):
+    """How a message names the i-th of `count` students: FILE: models.student, or models.student[i]."""
+    return f"{study_file}: models.student" + (f"[{i}]" if count > 1 else "")
+
+
+def study_networks(study, study_file, networks, where, log=None):
+    """The study's Networks of the teacher and one student, checked (netcheck.check: `log` hears where their
+    weights start), with the teacher's checkpoint if any. where: {role: how a message names it} of the roles to
+    check (the teacher with the first student only)."""
+    check(networks, where, log, roles=tuple(where))
+    if "teacher" not in where:
+        return networks
     if study.teacher.checkpoint and (networks.teacher.weights or networks.teacher.init):
         raise UserError(f"{study_file}: teacher.checkpoint is used as it is, so models.teacher's weights or init "
                         f"would be ignored; fix: remove one of them (init: fine-tunes from the file, checkpoint: "
                         f"no training)")
-    check(networks, {role: f"{study_file}: models.{role}" for role in nets}, log)
     if study.teacher.checkpoint:
         try:
             load_teacher_checkpoint(Path(study.teacher.checkpoint).expanduser(), networks, torch.device("cpu"))

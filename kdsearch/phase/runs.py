@@ -67,10 +67,11 @@ def starting_accuracies(ctx, model, role, seed):
     net = getattr(ctx.networks, role)
     if not (net.weights or net.init):
         return None
-    if (role, seed) not in ctx.starts:
+    key = (net.key, seed)  # the students of a study each have their own
+    if key not in ctx.starts:
         accs = {"val_acc": evaluate(model, ctx.data.val, ctx.fed(role)),
                 "test_acc": evaluate(model, ctx.data.test, ctx.fed(role))}
         ctx.log(f"models.{role}: its starting weights (seed {seed}) score val {accs['val_acc']:.2f}% / test "
                 f"{accs['test_acc']:.2f}% before training")
-        ctx.starts[role, seed] = accs
-    return ctx.starts[role, seed]
+        ctx.starts[key] = accs
+    return ctx.starts[key]

@@ -10,16 +10,9 @@ from kdsearch.core.names import ARMS, BEST
 from kdsearch.core.records import COMPLETED, ROW_FIELDS
 from kdsearch.report.control import Costs, comparisons, compute, control_note
 from kdsearch.report.stats import mean_sd
-from kdsearch.report.tables import (
-    check_lines,
-    compute_line,
-    format_table,
-    networks_lines,
-    notebook_compares,
-    settings,
-    timings_line,
-    verdict_lines,
-)
+from kdsearch.report.students import students_md
+from kdsearch.report.tables import (check_lines, compute_line, format_table, networks_lines, notebook_compares,
+                                     settings, timings_line, verdict_lines)
 
 
 @dataclass
@@ -165,6 +158,7 @@ def write(report, folder, figures):
     md = [f"# {report['study']}: KD search report", ""]
     arms = report["arms"]
     md += [f"- {line}" for line in verdict_lines(report) + check_lines(report)] + [""]
+    md += students_md(report)
     md += [" and ".join(f"{a['trials']} {arm} trials" for arm, a in arms.items()) + "; best KD settings by "
            + ("mean validation accuracy over seeds" if report.get("confirmed") else "validation accuracy") + ": "
            + settings(best, " = ", skip=()) + "."
@@ -234,15 +228,16 @@ def _trials_csv(report, path):
     """One line per trial, with its arm (kd, ce); confirmed trials also carry their means over the confirmation's
     seeds."""
     keys = sorted({k for t in report["trials"] for k in t["params"]})
+    only = report.get("recommended")  # several students: the confirmation is the recommended one's
     confirmed = {(e["arm"], e["trial"]): e for e in (report.get("confirmation") or {}).get("entries", [])
                  if e["trial"] is not None and report.get("confirmed")}
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["arm", "number", "trial_id", "state", *keys, "val_acc", "epochs_run", "train_s",
+        w.writerow(["student", "arm", "number", "trial_id", "state", *keys, "val_acc", "epochs_run", "train_s",
                     "confirmed_val_acc_mean", "confirmed_test_acc_mean", "confirmed_seeds", "reused", "error"])
         for t in report["trials"]:
-            e = confirmed.get((t["arm"], t["number"]))
+            e = confirmed.get((t["arm"], t["number"])) if only in (None, t.get("student")) else None
             means = [mean_sd(e["val_accs"])[0], mean_sd(e["test_accs"])[0], len(e["seeds"])] if e else ["", "", ""]
-            w.writerow([t["arm"], t["number"], t["trial_id"], t["state"],
+            w.writerow([t.get("student") or "", t["arm"], t["number"], t["trial_id"], t["state"],
                         *[t["params"].get(k) for k in keys], t["val_acc"], t["epochs_run"], round(t["train_s"], 1),
                         *means, t.get("reused") or "", t.get("error") or ""])

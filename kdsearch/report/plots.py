@@ -19,10 +19,13 @@ BEST_SO_FAR = {"kd": "-", "ce": "--"}
 
 
 def plot_report(report, folder):
-    """history.png, params.png, curves.png, with a searched loss families.png, with importances importances.png
-    and with a confirmation confirmation.png in `folder`; return their paths."""
-    trials = [t for t in report["trials"] if t["val_acc"] is not None]
-    paths = [_history(report, trials, folder / "history.png")]
+    """history.png, params.png, curves.png, with a searched loss families.png, with importances importances.png,
+    with a confirmation confirmation.png and with several students front.png in `folder`; return their paths."""
+    # several students: the trials of the recommended one, whose search the rest of the report is
+    trials = [t for t in report["trials"] if t["val_acc"] is not None
+              and report.get("recommended") in (None, t.get("student"))]
+    paths = [_front(report, folder / "front.png")] if report.get("students") else []
+    paths.append(_history(report, trials, folder / "history.png"))
     if any(t["params"] for t in trials):
         paths.append(_params(report, trials, folder / "params.png"))
     paths.append(_curves(report, folder / "curves.png"))
@@ -158,6 +161,32 @@ def _confirmation(report, path):
         ax.set_xticks(range(len(entries)), names, rotation=30, ha="right", fontsize=8)
         ax.set(ylabel=f"{label} accuracy (%)", title=f"{label.capitalize()}, {len(entries[0]['seeds'])} seeds")
     fig.suptitle("Confirmation: each seed a point, the mean and its 95 % interval")
+    return _save(fig, path)
+
+
+def _front(report, path):
+    """Each student's kd_best test accuracy (mean, 95 % t interval over seeds) against its batch-1 latency, the
+    front drawn through the students no other beats on both, the recommended one ringed."""
+    by = {e["spec"]: e for e in report["students"]}
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for e in report["students"]:
+        row = e["kd_best"]
+        ci = mean_interval(row["test_accs"])
+        err = [[row["test_acc"] - ci[0]], [ci[1] - row["test_acc"]]] if ci else None
+        on = e["spec"] in report["front"]
+        ax.errorbar(e["latency_ms_b1"], row["test_acc"], yerr=err, fmt="o" if on else "x", capsize=4,
+                    c="tab:blue" if on else "tab:gray")
+        ax.annotate(e["spec"], (e["latency_ms_b1"], row["test_acc"]), textcoords="offset points", xytext=(6, 4),
+                    fontsize=8)
+    ax.plot([by[s]["latency_ms_b1"] for s in report["front"]], [by[s]["kd_best"]["test_acc"] for s in report["front"]],
+            "-", c="tab:blue", lw=1, label="front")
+    chosen = by[report["recommended"]]
+    ax.scatter([chosen["latency_ms_b1"]], [chosen["kd_best"]["test_acc"]], s=220, facecolors="none",
+               edgecolors="tab:red", label=f"recommended (within {report['within']:g} point of the best)")
+    lat = report["students"][0]["latency"]
+    ax.set(xlabel=f"latency at batch 1 (ms, median of {lat['repeats']}, {lat['device']})",
+           ylabel="kd_best test accuracy (%)", title="Which student: accuracy against latency")
+    ax.legend(fontsize=8)
     return _save(fig, path)
 
 

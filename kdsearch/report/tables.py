@@ -189,6 +189,11 @@ def timings_line(report):
 
 
 def print_summary(report, written, out=sys.stdout):
+    from kdsearch.report.students import students_lines
+    for line in students_lines(report):
+        print(line, file=out)
+    if report.get("students"):
+        print(f"\nthe recommended student, {report['recommended']}:", file=out)
     for line in verdict_lines(report) + check_lines(report):
         print(line, file=out)
     print("", file=out)

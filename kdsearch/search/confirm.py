@@ -70,9 +70,10 @@ def _task(recipe, seed, data):
     return history, {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 
-def confirm(ctx, phase, trials, workers, tracker):
+def confirm(ctx, phase, trials, workers, tracker, label=None):
     """Run the stage; return a Confirmation. `phase`: the engine phase (the baselines' Runs); `trials`: the
-    search's Trials, each with its last checkpoint.
+    search's Trials, each with its last checkpoint; label: with several students, the one confirmed (its runs
+    named <label>/<model> in MLflow).
 
     With one seed the stage is off: the entries are each arm's best trial alone, unconfirmed. Entries with the
     same recipe (each arm's first trial is its baseline's point) share their new seeds' runs: each is trained
@@ -81,6 +82,9 @@ def confirm(ctx, phase, trials, workers, tracker):
     """
     seeds = [ctx.study.seed + i for i in range(ctx.study.confirm.seeds)]
     entries, students = _entries(ctx, phase, trials, seeds)
+
+    def named(model):
+        return f"{label}/{model}" if label else model
     key_of, served = {}, {}  # (entry, seed) -> its run's store key; key -> (recipe, seed, the entries it serves)
     for i, e in enumerate(entries):
         recipe = Recipe(**e.config)
@@ -97,7 +101,8 @@ def confirm(ctx, phase, trials, workers, tracker):
         run = stored.run
         ctx.log(f"confirm: {spec.name} seed {seed}: reusing the stored run (val {run.val_acc:.2f}%)")
         results[key] = run.val_acc, run.test_acc
-        tracker.log_confirm_run(spec.name, dataclasses.asdict(recipe), seed, run.history, run.test_acc, cached=True)
+        tracker.log_confirm_run(named(spec.name), dataclasses.asdict(recipe), seed, run.history, run.test_acc,
+                                cached=True)
     failed = set()
     for spec, result in _run(todo, workers, ctx.log):
         if result is None:  # the run raised: its entries leave the confirmation, the search's report stands
@@ -110,7 +115,7 @@ def confirm(ctx, phase, trials, workers, tracker):
         # a resumed or repeated search trains it no more
         run = spec.save(ctx.store, model, history, evaluate(model, ctx.data.test, ctx.views), history[-1]["time_s"])
         results[spec.key] = run.val_acc, run.test_acc
-        tracker.log_confirm_run(spec.name, run.config, spec.seed, history, run.test_acc)
+        tracker.log_confirm_run(named(spec.name), run.config, spec.seed, history, run.test_acc)
     for i, student in students.items():  # the study seed's trial students: test accuracy once, now
         entries[i].test_accs[0] = evaluate(student, ctx.data.test, ctx.views)
     for i, e in enumerate(entries):

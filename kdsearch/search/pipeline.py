@@ -2,40 +2,37 @@
 
 Checks, Ray, the engine phase, the search, the trials, the confirmation over seeds, the report. The trials are run_trial
 (trial.py) under Tune (tuner.py); MLflow is tracker.py's."""
-import contextlib
 import dataclasses
 import json
+import shutil
 import sys
 import time
 import uuid
 from pathlib import Path
 from typing import Optional
 
-import torch
-
-from kdsearch.core.errors import UserError
 from kdsearch.core.log import log_stderr
 from kdsearch.core.names import ROLES
-from kdsearch.core.records import COMPLETED
-from kdsearch.engine.networks import LogitsOnly
-from kdsearch.phase.baselines import run_baselines
 from kdsearch.phase.context import open_study, resolve_networks
-from kdsearch.phase.sanity import best_at_chance, check_study
 from kdsearch.phase.teacher import logit_mixes
-from kdsearch.phase.trial import StoredTrial, TrialData
+from kdsearch.phase.trial import TrialData
 from kdsearch.report import build as reports
-from kdsearch.report.control import Costs
+from kdsearch.report.students import combine, student_entry
+from kdsearch.search.arms import Driver, timed
 from kdsearch.search.cluster import start_ray, stop_ray
-from kdsearch.search.confirm import Workers, confirm
-from kdsearch.search.importance import importances
 from kdsearch.search.precheck import precheck
-from kdsearch.search.searcher import make_searcher
 from kdsearch.search.state import SearchState
-from kdsearch.search.tune_callback import trial_callback
-from kdsearch.search.tuner import TuneJob, build_tuner, collect_trials, fit
+from kdsearch.search.students import (
+    Shared,
+    engine_phases,
+    networks_info,
+    search_student,
+    student_cost,
+    students_of,
+)
 from kdsearch.study.schema import MIXES
-from kdsearch.study.space import first_point, space_epochs, study_arms
-from kdsearch.tools.export import save_student
+from kdsearch.study.space import study_arms
+from kdsearch.tools.export import STUDENT
 
 
 @dataclasses.dataclass
@@ -65,30 +62,18 @@ def run_search(study, study_file, options, log=log_stderr):
     state.lock()
     from kdsearch.tracking.tracker import open_tracker  # MLflow loads here, after the cheap checks (3-4 s)
     tracker = open_tracker(uri, study.tracking.experiment or study.name, results / "mlartifacts")
-    dashboard = start_ray(options.address, log, ctx.networks.files)
+    dashboard = start_ray(options.address, log, ctx.files)
     record = mark_running(state, record, described, log)
     try:
         with timed(took, "engine_s"):  # and the teacher, baselines and logits, timed once Ray and MLflow are up
-            phase = run_baselines(ctx)
-            checks = check_study(ctx, phase)  # a teacher at chance stops here, before the search's trials
-            data = trial_data(ctx, phase.table, resources, trial_device)
-        networks = networks_info(ctx, phase)
-        arms = study_arms(study, log)
-        tracker.start_parent(name, record["search_id"], [study_file, *ctx.networks.files],
-                             parent_params(study, networks, arms), phase.rows)
-        driver = Driver(state, tracker, options.resume, took, log)
-        trials = search_arms(ctx, phase, arms, TuneJob(data, "kd", {}, None, resources, results / name, 0), driver)
-        state.write(stage="the confirmation")
-        with timed(took, "confirm_s"):
-            confirmation = confirm(ctx, phase, trials, Workers(data, resources, study.search.max_concurrent), tracker)
-        state.write(stage="the report")
-        meta = reports.ReportMeta(study.name, name, study.space, arm_importances(arms, trials, log), tracker.info(),
-                                  dashboard, networks, {a.name: list(a.space) for a in arms}, study.search.control,
-                                  costs(ctx, phase, driver.arm_s))
-        report = reports.build(meta, phase.rows, confirmation, trials)
-        checks += best_at_chance(report["rows"], len(ctx.data.val), len(ctx.data.classes))
-        report["checks"] = [dataclasses.asdict(c) for c in checks]
-        keep_best(ctx, report, confirmation.student, tracker, results / name)
+            students = students_of(engine_phases(ctx), lambda c, p: trial_data(c, p.table, resources, trial_device))
+        arms, first = study_arms(study, log), students[0]
+        tracker.start_parent(name, record["search_id"], [study_file, *ctx.files],
+                             parent_params(study, networks_info(first.ctx, first.phase), arms), first.phase.rows)
+        shared = Shared(arms, resources, results / name, name, dashboard,
+                        Driver(state, tracker, options.resume, took, log))
+        done = [search_student(s, shared) for s in students]
+        report = done[0][0] if len(done) == 1 else several(students, done, shared, study.report.within)
         figures = reports.render_figures(report, results / name)
         report["timings"] = reports.timings(time.time() - t0, report["trials"], took["engine_s"], took["search_s"],
                                             took["confirm_s"])
@@ -108,87 +93,20 @@ def run_search(study, study_file, options, log=log_stderr):
             stop_ray()
 
 
-@dataclasses.dataclass
-class Driver:
-    """What drives a search's arms: its record (state.SearchState), its MLflow tracker, --resume, the stages'
-    clocks (timed), where progress lines go, and each arm's search seconds ({arm: s})."""
-    state: SearchState
-    tracker: object
-    resume: bool
-    took: dict
-    log: object
-    arm_s: dict = dataclasses.field(default_factory=dict)
-
-
-def search_arms(ctx, phase, arms, job, driver):
-    """Each arm's search (space.Arm), one Tune run each, the KD search first: `job` (a TuneJob) made the arm's
-    (its baseline's recipe and stored run, its longest trial). An arm that finished before an interruption is
-    read back on resume (search.json's arms_done). Returns the Trials of every arm; driver.took gets the
-    seconds (search_s), driver.arm_s each arm's."""
-    trials = []
-    for arm in arms:
-        record = driver.state.write(stage=f"the {arm.name} search")
-        mine = dataclasses.replace(job, arm=arm.name, base=dataclasses.asdict(arm.base),
-                                   reuse=stored_trial(ctx, phase, arm), max_epochs=space_epochs(arm.space, arm.base))
-        with timed(driver.took, "search_s"), timed(driver.arm_s, arm.name):
-            done = driver.resume and arm.name in record.get("arms_done", [])
-            trials += search_trials(arm, mine, ctx.study.search, driver, done)
-        driver.state.write(arms_done=list(dict.fromkeys([*record.get("arms_done", []), arm.name])))
-        driver.tracker.end_lost_and_running({t.trial_id for t in trials}, "KILLED", arm.name)
-    return trials
-
-
-def search_trials(arm, job, search, driver, done):
-    """One arm's search (a space.Arm): Tune's trials of `job` (a TuneJob) as records, each mirrored into MLflow
-    by driver.tracker; done: the arm finished before an interruption, its trials are read back, nothing runs. A
-    UserError when none of them completed. Both arms get the same searcher, seed, trial count and scheduler
-    (`search`, the study's running.Search)."""
-    first = first_point(arm.space, arm.base, driver.log, arm.baseline)
-    tuner = build_tuner(job, make_searcher(arm.space, search.seed, first), search,
-                        [trial_callback(driver.tracker, list(arm.space), driver.log, arm.name)], driver.resume)
-    trials = collect_trials(tuner.get_results() if done else fit(tuner), list(arm.space), arm.name)
-    if not any(t.state == COMPLETED for t in trials):
-        raise UserError(f"none of the {len(trials)} trials of the {arm.name} arm completed; fix: read the trials' "
-                        f"errors in {job.folder / 'trials.csv'} and {job.path}/*/error.txt")
-    return trials
-
-
-def stored_trial(ctx, phase, arm):
-    """The StoredTrial of the arm's baseline (its stored run of the study's seed), which the arm's trial at that
-    very recipe is; None when the store lost it (the trial then trains it again)."""
-    run = phase.baselines[arm.baseline]
-    stored = ctx.store.load_run("runs", run.key)
-    return None if stored is None else StoredTrial(run.model, dataclasses.asdict(arm.base), run.history, stored.state)
-
-
-def arm_importances(arms, trials, log):
-    """{arm: importance.py's figures over that arm's trials and space}."""
-    return {a.name: importances([t.to_json() for t in trials if t.arm == a.name], a.space, log) for a in arms}
-
-
-def costs(ctx, phase, arm_s):
-    """What each arm's search (`arm_s`: {arm: its search's seconds}) and the KD arm's teacher cost
-    (report.Costs)."""
-    teacher = phase.teacher
-    return Costs(len(ctx.data.train), arm_s, len(teacher.history), teacher.train_s, phase.table.forwards,
-                 phase.table.seconds)
-
-
-def keep_best(ctx, report, student, tracker, folder):
-    """kd_best's student logged to MLflow (and registered), and saved in `folder` for kdsearch export; the
-    report's `mlflow` then names the registered version."""
-    tracker.log_best(report, LogitsOnly.portable(student), _example_input(ctx.data, ctx.views),
-                     registered_name(ctx.study), ctx.log)
-    report["mlflow"] = tracker.info()
-    save_student(folder, student, ctx.networks.student, ctx.data, ctx.views)
-
-
-@contextlib.contextmanager
-def timed(took, key):
-    """Add the seconds the block took to took[key]."""
-    start = time.time()
-    yield
-    took[key] = took.get(key, 0.0) + time.time() - start
+def several(students, done, shared, within):
+    """The study's report of several students (report.students.combine): each student's own report written in
+    students/<label>/, its cost measured, the front and the recommendation; the recommended student's
+    student.pt is the search's (kdsearch export's default)."""
+    reports_, entries = [], []
+    for s, (report, model) in zip(students, done):
+        folder = shared.folder / s.folder_in
+        reports.write(report, folder, reports.render_figures(report, folder))
+        entries.append(student_entry(report, s.ctx.networks.student.spec, s.label, student_cost(s.ctx, model)))
+        reports_.append(report)
+    report = combine(reports_, entries, within)
+    chosen = next(s for s in students if s.ctx.networks.student.spec == report["recommended"])
+    shutil.copyfile(shared.folder / chosen.folder_in / STUDENT, shared.folder / STUDENT)
+    return report
 
 
 def mark_running(state, record, described, log):
@@ -213,28 +131,13 @@ def trial_data(ctx, table, resources, device):
                      {m: ctx.views_of(m) for m in MIXES}, device, max(1, int(resources.cpu)))
 
 
-def networks_info(ctx, phase):
-    """The report's `networks`: each network's spec, parameter count and the normalisation it is fed, the images'
-    size and class count, and whether the notebook's table compares (its networks on CIFAR-10 at 32x32)."""
-    def net(role, params):
-        views = ctx.fed(role)
-        return {"model": getattr(ctx.networks, role).spec, "params": params, "mean": list(views.mean),
-                "std": list(views.std)}
-    return {"teacher": net("teacher", phase.teacher.params),
-            "student": net("student", phase.baselines["student_ce"].params),
-            "image_size": list(ctx.networks.image_size), "classes": len(ctx.data.classes), "notebook": ctx.notebook}
-
-
 def describe(study, nets):
     """The study as the search's record holds it (JSON), with the key of each of its networks `nets`
-    ({role: networks.Network}): for --resume, an edited network file makes another study."""
-    keys = {role: n.key for role, n in nets.items()}
+    (context.resolve_networks'; one student's as before several could be named): for --resume, an edited network
+    file makes another study."""
+    students = [n.key for n in nets["students"]]
+    keys = {"teacher": nets["teacher"].key, "student": students[0] if len(students) == 1 else students}
     return json.loads(json.dumps({**dataclasses.asdict(study), "networks": keys}))
-
-
-def registered_name(study):
-    """The registered model kd_best's student becomes a version of, or None (tracking.register: false)."""
-    return (study.tracking.model_name or f"{study.name}-student") if study.tracking.register else None
 
 
 def parent_params(study, networks, arms):
@@ -245,6 +148,3 @@ def parent_params(study, networks, arms):
             **{f"{role}_{k}": networks[role][k] for role in ROLES for k in ("model", "params")}}
 
 
-def _example_input(data, views):
-    from kdsearch.data.augment import plain_views
-    return plain_views(data.val.x, torch.arange(2, device=data.val.x.device), views).contiguous().cpu().numpy()

@@ -25,7 +25,8 @@ class TuneJob:
     """What one arm's Tuner runs and where: the trials' data (into the object store once), the arm (kd, ce), its
     baseline's recipe as a dict (every trial's base) and stored run (what the trial at that recipe is), the
     resources of one trial (running.Resources, its GPU share resolved), the search's folder (Tune writes
-    <folder>/ray for kd, <folder>/ray-ce for ce) and the longest a trial can run (ASHA's last rung)."""
+    <folder>/ray for kd, <folder>/ray-ce for ce), the longest a trial can run (ASHA's last rung) and the
+    student."""
     data: TrialData
     arm: str
     base: dict
@@ -33,11 +34,14 @@ class TuneJob:
     resources: Resources
     folder: Path
     max_epochs: int
+    student: Optional[str] = None  # with several students, the label of the one searched
 
     @property
     def path(self):
-        """The arm's Tune folder: ray (the KD arm's, as before the control arm existed), ray-<arm>."""
-        return self.folder / ("ray" if self.arm == "kd" else f"ray-{self.arm}")
+        """The arm's Tune folder: ray (the KD arm's, as before the control arm existed), ray-<arm>; with several
+        students ray-<student>, ray-<student>-<arm>."""
+        return self.folder / ("ray" + (f"-{self.student}" if self.student else "")
+                              + ("" if self.arm == "kd" else f"-{self.arm}"))
 
 
 def tune_trial(config, data, base, reuse=None):

@@ -1,11 +1,12 @@
 """A study's inputs in its study file: its two networks (`models`), its data and its views (`augment`). Part of
 schema.py's schema, which holds the rest."""
-from typing import Annotated, Literal, Optional, Tuple
+import re
+from typing import Annotated, List, Literal, Optional, Tuple, Union
 
-from pydantic import AfterValidator, BeforeValidator, Field, model_validator
+from pydantic import AfterValidator, BeforeValidator, Discriminator, Field, Tag, model_validator
 from pydantic.dataclasses import dataclass
 
-from kdsearch.study.validation import CONFIG, Float, Int, rule
+from kdsearch.study.validation import CONFIG, MANY, ONE, Float, Int, rule
 
 Channels = Tuple[Float(ge=0, le=1), Float(ge=0, le=1), Float(ge=0, le=1)]
 
@@ -49,8 +50,40 @@ class Models:
     or a mapping with that `spec` and its starting weights (`weights`, `init`) and their normalisation."""
     teacher: Network = Field(default_factory=lambda: NetworkEntry("teacher"), description="the teacher network: "
                              "a spec, or {spec, weights, init, mean, std}")
-    student: Network = Field(default_factory=lambda: NetworkEntry("student"), description="the student network: "
-                             "a spec, or {spec, weights, init, mean, std}")
+    student: Annotated[Union[Annotated[Network, Tag(ONE)], Annotated[List[Network], Tag(MANY)]],
+                       Discriminator(lambda v: MANY if isinstance(v, list) else ONE)] = Field(
+        default_factory=lambda: NetworkEntry("student"), description="the student network: a spec, or {spec, "
+        "weights, init, mean, std}; or a list of them: several students, each searched with the same budget, "
+        "sharing the teacher and its logit tables, and the report's front of accuracy against latency")
+
+    @model_validator(mode="after")
+    def _students_differ(self):
+        if isinstance(self.student, list):
+            if not self.student:
+                raise rule("student", "names no student", "give at least one network in {where}")
+            specs = [e.spec for e in self.student]
+            twice = next((s for s in specs if specs.count(s) > 1), None)
+            if twice is not None:
+                raise rule("student", f"names {twice!r} twice (a student is named by its spec)",
+                           "remove one of them from {where}")
+            labels = [student_label(s) for s in specs]
+            clash = next((s for s, label in zip(specs, labels) if labels.count(label) > 1), None)
+            if clash is not None:
+                raise rule("student", f"{clash!r} and another spec give the same folder name "
+                           f"{student_label(clash)!r}", "rename one network's file or callable in {where}")
+        return self
+
+    @property
+    def students(self):
+        """The study's students, a list even when the file names one."""
+        return self.student if isinstance(self.student, list) else [self.student]
+
+
+def student_label(spec):
+    """A student's name in folders, Tune's and MLflow's names: its spec with every character but letters, digits,
+    '_' and '-' made '_' (torchvision:mobilenet_v3_small -> torchvision_mobilenet_v3_small; MLflow's logged
+    models take no '.', ':' or '/')."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", spec)
 
 
 @dataclass(config=CONFIG)

@@ -48,3 +48,10 @@ class Tracking:
                            "version per search, aliased champion when it is at least as good as the current one")
     model_name: Optional[str] = Field(None, min_length=1, description="its registered model; default: "
                                       "<study name>-student")
+
+
+@dataclass(config=CONFIG)
+class Report:
+    """What the report recommends with several students."""
+    within: Float(ge=0) = Field(1.0, description="several students: recommend the smallest on the front within this "
+                                "many points of test accuracy of the most accurate one")

@@ -17,7 +17,7 @@ from kdsearch.core.names import NEUTRAL
 from kdsearch.engine.losses import LOSSES, NEEDS_TEACHER, OPTIONAL_VALUES, losses_taking
 from kdsearch.engine.models import MODELS
 from kdsearch.study.inputs import Augment, Data, Models
-from kdsearch.study.running import Confirm, Resources, Search, Tracking
+from kdsearch.study.running import Confirm, Report, Resources, Search, Tracking
 from kdsearch.study.validation import CONFIG, Bound, Float, Int, check_space, read_yaml, rule, user_error
 
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"  # a plain folder name: no path separators, no leading dot
@@ -169,6 +169,7 @@ class Study:
     confirm: Confirm = Field(default_factory=Confirm)
     resources: Resources = Field(default_factory=Resources)
     tracking: Tracking = Field(default_factory=Tracking)
+    report: Report = Field(default_factory=Report)
 
     @field_validator("space", mode="before")
     @classmethod

@@ -101,11 +101,15 @@ def reword(error, at):
     return rule(at, *_explain(error, None, None))
 
 
+ONE, MANY = "one network", "a list of networks"  # the tags of a value that is one entry or a list of them
+
+
 def user_error(error, where, root):
     """The first error of a pydantic ValidationError, validating dataclass `root` from what `where` holds (a
     study file, or an option such as --set), as a one-line UserError: WHERE: KEY: RULE (got VALUE); fix: FIX."""
     err = error.errors()[0]
-    loc = [str(part) for part in err["loc"] if not isinstance(part, int)]  # a list's item: the list's key
+    # a list's item, or which of one entry or a list it was read as: the key alone
+    loc = [str(part) for part in err["loc"] if not isinstance(part, int) and part not in (ONE, MANY)]
     words, fix, got = _explain(err, _owner(root, loc), loc[-1] if loc else None)
     at = (err.get("ctx") or {}).get("at") if err["type"] == "kdsearch" else None
     key = ".".join(loc + [at] if at else loc) or "top level"

@@ -76,9 +76,28 @@ def load_student(folder):
     return model.float().eval(), saved
 
 
-def export(folder, fmt="pt2", out=None):
-    """Write the student of the search in `folder` as `fmt` (pt2, onnx or state_dict) to `out` (default:
-    <folder>/student<suffix>), with its description beside it as <out>.json; returns the path written."""
+def student_folder(folder, spec=None):
+    """Where a search's student `spec` (None: the search's own, the recommended one of several) is saved: the
+    search's folder, or students/<label>/ in it."""
+    if spec is None:
+        return Path(folder)
+    from kdsearch.study.inputs import student_label
+    sub = Path(folder) / "students" / student_label(spec)
+    if not (sub / STUDENT).is_file():
+        try:
+            specs = [e["spec"] for e in json.loads((Path(folder) / "report.json").read_text()).get("students") or ()]
+        except (OSError, ValueError):
+            specs = []
+        raise UserError(f"{folder}: the search has no student {spec!r}; fix: "
+                        + (f"name one of {', '.join(specs)}" if specs else "leave --student out: it searched one"))
+    return sub
+
+
+def export(folder, fmt="pt2", out=None, student=None):
+    """Write the student of the search in `folder` (student: the spec of one of its several; None: the
+    recommended one) as `fmt` (pt2, onnx or state_dict) to `out` (default: <its folder>/student<suffix>), with
+    its description beside it as <out>.json; returns the path written."""
+    folder = student_folder(folder, student)
     model, saved = load_student(folder)
     out = Path(out) if out else Path(folder) / f"student{FORMATS[fmt]}"
     out.parent.mkdir(parents=True, exist_ok=True)

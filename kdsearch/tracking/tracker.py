@@ -103,9 +103,9 @@ class Tracker:
             if not token:
                 return runs
 
-    def start_trial(self, trial_id, name, params, arm="kd"):
-        """A trial's child run, tagged kdsearch.arm (kd, or ce: the control arm); a trial restarted (a retry, a
-        resume) goes on in the run it started. The run is found by its tag, not in memory: after a resume, Tune
+    def start_trial(self, trial_id, name, params, arm="kd", student=None):
+        """A trial's child run, tagged kdsearch.arm (kd, or ce: the control arm) and, with several students,
+        kdsearch.student (its label); a trial restarted (a retry, a resume) goes on in the run it started. The run is found by its tag, not in memory: after a resume, Tune
         calls back a copy of this object."""
         if trial_id not in self.children:
             for run in self._all(f"tags.`mlflow.parentRunId` = '{self.parent}' and "
@@ -118,7 +118,8 @@ class Tracker:
             return
         run = self.client.create_run(self.experiment_id, run_name=name,
                                      tags={"mlflow.parentRunId": self.parent, "kdsearch.trial_id": trial_id,
-                                           "kdsearch.stage": "search", "kdsearch.arm": arm})
+                                           "kdsearch.stage": "search", "kdsearch.arm": arm,
+                                           **({"kdsearch.student": student} if student else {})})
         self.children[trial_id] = run.info.run_id
         tags = [RunTag("kdsearch.failures", str(self.failures[trial_id]))] if trial_id in self.failures else []
         self.client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, str(v)) for k, v in params.items()],
@@ -154,13 +155,14 @@ class Tracker:
             self.client.set_tag(run_id, "kdsearch.error", error[:500])
         self.client.set_terminated(run_id, {COMPLETED: "FINISHED", PRUNED: "KILLED"}.get(state, "FAILED"))
 
-    def end_lost_and_running(self, trial_ids, status, arm=None):
+    def end_lost_and_running(self, trial_ids, status, arm=None, student=None):
         """After an arm's search (or on Ctrl-C, trial_ids and arm None: every arm's): a child run of the arm left
         RUNNING ends with `status`, or is deleted when its trial is not among `trial_ids` (a trial started after
         Tune's last snapshot before a kill: Tune does not know it on resume and Optuna's restored study does not
         either), so every trial has one. Another arm's runs are left alone: a resumed search reads its finished
         KD arm back while the CE arm's runs, killed mid-trial, still wait for their trials to go on."""
-        mine = f" and tags.`kdsearch.arm` = '{arm}'" if arm else ""
+        mine = (f" and tags.`kdsearch.arm` = '{arm}'" if arm else "") + (
+            f" and tags.`kdsearch.student` = '{student}'" if student else "")  # with several: this student's
         for run in self._all(f"tags.`mlflow.parentRunId` = '{self.parent}' and tags.`kdsearch.stage` = 'search' "
                              f"and attributes.status = 'RUNNING'{mine}"):
             if trial_ids is not None and run.data.tags["kdsearch.trial_id"] not in trial_ids:
@@ -183,22 +185,25 @@ class Tracker:
         self.client.log_batch(run.info.run_id, params=params, metrics=metrics + [Metric("test_acc", test_acc, 0, 0)])
         self.client.set_terminated(run.info.run_id, "FINISHED")
 
-    def log_best(self, report, model, input_example, registered=None, log=print):
+    def log_best(self, report, model, input_example, registered=None, log=print, label=None):
         """The report's summary (parent_metrics: means over seeds at step 1, after the study seed's values at
         step 0), the best settings and the kd_best model, registered as a version of the model `registered` when
         given (register). model: the student as it is deployed (networks.LogitsOnly.portable: its logits alone,
         on the CPU), so that MLflow's layer needs no torch of its own. A registry that refuses is one line in
-        `log`: the search and its report stand."""
-        now = int(time.time() * 1000)
-        self.client.log_batch(self.parent, metrics=[Metric(k, v, now, 1) for k, v in parent_metrics(report).items()],
-                              params=[mlflow.entities.Param(f"{prefix}_{k}", str(v)) for prefix, config in
+        `log`: the search and its report stand. label: with several students, the one whose kd_best this is:
+        its metrics and params are named <label>/..., its model kd_best-<label>."""
+        now, pre = int(time.time() * 1000), f"{label}/" if label else ""
+        self.client.log_batch(self.parent, metrics=[Metric(pre + k, v, now, 1)
+                                                    for k, v in parent_metrics(report).items()],
+                              params=[mlflow.entities.Param(f"{pre}{prefix}_{k}", str(v)) for prefix, config in
                                       (("best", report["best_config"]), ("ce_best", report.get("ce_best_config")))
                                       for k, v in (config or {}).items()])
         mlflow.set_tracking_uri(self.uri)
         with mlflow.start_run(run_id=self.parent), warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # torch.export's notes on a CPU-only model
             # an explicit requirement list skips MLflow's 4-5 s dependency inference
-            info = mlflow.pytorch.log_model(model, name="kd_best", input_example=input_example,
+            info = mlflow.pytorch.log_model(model, name="kd_best" + (f"-{label}" if label else ""),
+                                            input_example=input_example,
                                             pip_requirements=[f"torch=={version('torch').split('+')[0]}"])
         if registered:
             try:
