@@ -76,6 +76,7 @@ def cmd_train(args):
     from kdsearch.phase.context import open_study
     from kdsearch.phase.train import recipe_of, train_recipe
     from kdsearch.report.tables import format_trained, trained_json
+    from kdsearch.study.inputs import student_label
     from kdsearch.tools.evidence import evidence
     study = _study(args)
     overrides = {}
@@ -95,9 +96,15 @@ def cmd_train(args):
     label, recipe = recipe_of(study, args.recipe, overrides)
     device = pick_device(study.device)
     ctx = open_study(study, args.study, args.results, device)
-    trained = train_recipe(ctx, label, recipe, seeds)
+    specs = [c.networks.student.spec for c in ctx.students]
+    if args.student is not None and args.student not in specs:
+        raise UserError(f"--student {args.student!r}: the study has no such student; fix: name one of "
+                        f"{', '.join(specs)}")
+    chosen = ctx.for_student(specs.index(args.student)) if args.student else ctx
+    trained = train_recipe(chosen, label, recipe, seeds)
     out = trained_json(trained, evidence(device, torch.get_num_threads()))
-    folder = Path(args.results) / study.name / "train"
+    folder = Path(args.results) / study.name / "train" / (
+        student_label(chosen.networks.student.spec) if len(specs) > 1 else "")
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / (re.sub(r"[^A-Za-z0-9_.=+-]", "_", label) + ".json")
     path.write_text(json.dumps(out, indent=1) + "\n")
@@ -200,6 +207,7 @@ def build_parser():
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe field, e.g. --set loss=dkd --set beta=2 (repeatable)")
     t.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2 (default: the study's seed)")
+    t.add_argument("--student", help="a study of several students: the spec of the one to train (default: the first)")
     pr = study_cmd("precision", cmd_precision, "measure the float16 logit table's error in each distillation loss "
                                                "and its gradients, on the study's teacher and kd_reference student")
     pr.add_argument("--images", type=int, default=2048, help="training images measured (default: 2048)")

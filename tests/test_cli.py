@@ -234,9 +234,10 @@ def test_train_refuses_a_bad_override_in_one_line(tiny_study, tiny_archive, tmp_
 def test_shipped_study_files_are_valid():
     root = os.path.join(os.path.dirname(__file__), "..", "search_spaces")
     names = sorted(f for f in os.listdir(root) if f.endswith(".yaml"))
-    assert {"cifar10_quick.yaml", "cifar10_kd.yaml"} <= set(names)
-    for name in names:
-        load_study(os.path.join(root, name))
+    assert {"cifar10_quick.yaml", "cifar10_kd.yaml", "cifar10_students.yaml"} <= set(names)
+    from kdsearch.phase.context import resolve_networks
+    for name in names:  # as kdsearch validate: the schema, and each network resolved (a file's found)
+        resolve_networks(load_study(os.path.join(root, name)), os.path.join(root, name))
 
 
 def test_bench_figures_are_honest_measurements_with_their_evidence(tiny_archive, tmp_path):

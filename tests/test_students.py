@@ -161,3 +161,22 @@ def test_resume_after_the_student_list_changed_is_refused(tmp_path):
     with pytest.raises(UserError, match=r"--resume: the study differs from the interrupted search's at "
                                         r"models.student, networks.student"):
         state.begin(describe(two, resolve_networks(two, tmp_path / "two.yaml")), True, print)
+
+
+def test_train_and_baselines_take_each_student(searched, tiny_archive):
+    tmp, _, report = searched
+    r = kdsearch("train", "two.yaml", "--data", tiny_archive, "--results", "results", "--recipe", "student_ce",
+                 "--student", "narrow.py:Net", cwd=tmp)
+    assert r.returncode == 0, r.stderr
+    assert "reusing the stored run" in r.stderr  # the search's own student_ce of the narrow student
+    saved = json.loads((tmp / "results" / "tiny" / "train" / "narrow_py_Net" / "student_ce.json").read_text())
+    own = json.loads((tmp / "results" / "tiny" / "students" / "narrow_py_Net" / "report.json").read_text())
+    assert saved["stored"] == [True] and saved["seeds"] == [0]
+    assert saved["val_accs"][0] == next(r["val_accs"][0] for r in own["rows"] if r["model"] == "student_ce")
+    bad = kdsearch("train", "two.yaml", "--data", tiny_archive, "--results", "results", "--student", "resnet",
+                   cwd=tmp)
+    assert bad.returncode == 2 and "--student 'resnet': the study has no such student; fix: name one of student, " \
+        "narrow.py:Net" in bad.stderr
+    b = kdsearch("baselines", "two.yaml", "--data", tiny_archive, "--results", "results", cwd=tmp)
+    assert b.returncode == 0 and "student narrow.py:Net:" in b.stdout and b.stdout.count("(stored)") >= 6, b.stdout
+    assert (tmp / "results" / "tiny" / "students" / "narrow_py_Net" / "baselines.json").is_file()

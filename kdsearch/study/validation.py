@@ -150,12 +150,20 @@ def _owner(root, loc):
     for part in loc[:-1]:
         fields = getattr(owner, "__pydantic_fields__", None)
         if fields is not None:
-            owner = fields[part].annotation if part in fields else None
+            owner = _dataclass_in(fields[part].annotation) if part in fields else None
         elif typing.get_origin(owner) is dict:  # `part` is one of its keys
             owner = typing.get_args(owner)[1]
         else:
             return None
     return owner
+
+
+def _dataclass_in(tp):
+    """The dataclass (or dict) a field's type holds: itself, or the first found in a Union, Annotated or list
+    (models.student: one NetworkEntry or a list of them)."""
+    if getattr(tp, "__pydantic_fields__", None) is not None or typing.get_origin(tp) is dict:
+        return tp
+    return next((found for arg in typing.get_args(tp) if (found := _dataclass_in(arg)) is not None), None)
 
 
 @functools.cache
