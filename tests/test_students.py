@@ -94,6 +94,7 @@ def test_costs_are_measured_and_the_front_and_recommendation_follow_them(searche
     assert by["student"]["params"] == 545_098
     for e in report["students"]:
         assert 0 < e["latency_ms_b1"] < e["latency_ms_b64"] and e["latency"]["repeats"] >= 5
+        assert e["latency"]["device"].startswith("cpu") and {"torch", "git_commit", "cpu_threads"} <= set(e["latency"])
     assert report["front"] == sweep_front(report["students"])
     best = max(e["kd_best"]["test_acc"] for e in report["students"])
     fits = [by[s] for s in report["front"] if by[s]["kd_best"]["test_acc"] >= best - report["within"]]

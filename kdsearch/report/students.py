@@ -7,12 +7,12 @@ from kdsearch.report.stats import mean_interval
 
 def student_entry(report, spec, label, cost):
     """report.json's entry of one student: `report` its own search's report, `cost` its engine.cost.Cost (as a
-    dict)."""
+    dict, with the evidence header of where its latency was measured)."""
     rows = {r["model"]: r for r in report["rows"]}
     control = next((c for c in report.get("comparison") or () if c["b"] == "ce_best"), None)
     return {"spec": spec, "label": label, **{k: cost[k] for k in ("params", "flops", "latency_ms_b1",
                                                                    "latency_ms_b64")},
-            "latency": {k: cost[k] for k in ("device", "threads", "repeats")},
+            "latency": {**cost.get("evidence", {}), **{k: cost[k] for k in ("device", "threads", "repeats")}},
             "kd_best": rows["kd_best"], "ce_best": rows.get("ce_best"),
             "verdict": None if control is None else {k: control[k] for k in ("diff", "ci95", "verdict")}}
 

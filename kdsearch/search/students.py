@@ -141,9 +141,9 @@ def registered_name(study):
 
 def student_cost(ctx, model):
     """A student's engine.cost.Cost, as a dict: measured in this process on its exported program (pt2's, the
-    normalisation folded in) on the study's device, with the device's name from the evidence header."""
+    normalisation folded in) on the study's device, with the evidence header (device, versions, commit)."""
     views, device = ctx.views, ctx.data.train.x.device
     size = views.size or ctx.data.image_size
     program = deployable(model.eval(), views.mean, views.std, size).module()
-    cost = measure_cost(model, program, size, device, evidence(device, torch.get_num_threads())["device"])
-    return dataclasses.asdict(cost)
+    header = evidence(device, torch.get_num_threads())
+    return {**dataclasses.asdict(measure_cost(model, program, size, device, header["device"])), "evidence": header}
