@@ -93,10 +93,11 @@ def own_study(folder, teacher="torchvision:mobilenet_v3_small", origins="", stud
     return folder / "own.yaml"
 
 
-def test_a_search_distils_a_pretrained_torchvision_teacher_into_a_file_student_on_gray_24px_images(
+def test_a_search_distils_a_pretrained_torchvision_teacher_into_a_file_and_a_torchvision_student_on_gray_24px(
         gray, tmp_path, monkeypatch):
     """The teacher starts from torchvision's named weights (a seeded 1000-class state_dict placed in the hub cache,
-    where torchvision looks) and is fine-tuned; the student starts from an init file of the user's."""
+    where torchvision looks) and is fine-tuned; two students start from init files of the user's: a file network
+    stating its own normalisation, and a torchvision network stating none (fed the teacher's)."""
     import torchvision
     from kdsearch.engine.pretrained import hub_file
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
@@ -106,34 +107,47 @@ def test_a_search_distils_a_pretrained_torchvision_teacher_into_a_file_student_o
     torch.save(torchvision.models.mobilenet_v3_small(num_classes=1000).state_dict(), weights)
     origins = tmp_path / "origins.txt"
     study = own_study(tmp_path / "study", teacher='{spec: "torchvision:mobilenet_v3_small", weights: DEFAULT}',
-                      origins=origins, student="{spec: tiny_net.py:Net, init: start.pt, mean: [0.5, 0.5, 0.5], "
-                                              "std: [0.25, 0.25, 0.25]}")
+                      origins=origins, student="[{spec: tiny_net.py:Net, init: start.pt, mean: [0.5, 0.5, 0.5], "
+                                               "std: [0.25, 0.25, 0.25]}, {spec: \"torchvision:mobilenet_v3_small\", "
+                                               "init: mobile.pt}]")
     import importlib.util
     spec = importlib.util.spec_from_file_location("own_tiny_net", study.parent / "tiny_net.py")
     tiny_net = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tiny_net)
     torch.save(tiny_net.Net(10).state_dict(), study.parent / "start.pt")
+    torch.manual_seed(1)
+    mobile = torchvision.models.mobilenet_v3_small(num_classes=10).state_dict()
+    torch.save(mobile, study.parent / "mobile.pt")
     r = kdsearch("search", study, "--data", gray, "--results", tmp_path / "results", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (f"{study}: models.teacher: starts from MobileNet_V3_Small_Weights.IMAGENET1K_V1 (" in r.stderr
             and "classifier.3.weight, classifier.3.bias built fresh for the study's 10 classes)" in r.stderr)
-    assert f"{study}: models.student: starts from {study.parent / 'start.pt'} (11 of 11 tensors loaded)" in r.stderr
-    # each is fed its own normalisation, the teacher its weights', the student the one its entry states
+    assert f"{study}: models.student[0]: starts from {study.parent / 'start.pt'} (11 of 11 tensors loaded)" in r.stderr
+    n = len(mobile)
+    assert f"{study}: models.student[1]: starts from {study.parent / 'mobile.pt'} ({n} of {n} tensors loaded)" \
+        in r.stderr
+    # each is fed its own normalisation: the teacher its weights', the file student the one its entry states, the
+    # torchvision student (its init file states none) the teacher's, and a line says so
     assert (f"{study}: the teacher's weights expect mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225) and the "
             f"student's mean (0.5, 0.5, 0.5), std (0.25, 0.25, 0.25): each is fed its own") in r.stderr
-    saved = torch.load(tmp_path / "results" / "own" / "student.pt", weights_only=True)
-    assert (tuple(saved["mean"]), tuple(saved["std"])) == ((0.5,) * 3, (0.25,) * 3)  # the student's own, exported
-    report = json.loads((tmp_path / "results" / "own" / "report.json").read_text())
-    teacher_params = count_params(torchvision.models.get_model("mobilenet_v3_small", num_classes=10))
+    assert f"{study}: models.student.init states no normalisation, so it is fed mean (0.485, 0.456, 0.406)" \
+        in r.stderr
+    folder = tmp_path / "results" / "own"
+    imagenet = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    for label, norm in (("tiny_net_py_Net", {"mean": [0.5] * 3, "std": [0.25] * 3}),
+                        ("torchvision_mobilenet_v3_small", imagenet)):
+        saved = torch.load(folder / "students" / label / "student.pt", weights_only=True)
+        assert [*saved["mean"], *saved["std"]] == pytest.approx([*norm["mean"], *norm["std"]])  # exported with it
     student_params = count_params(tiny_net.Net(10))
+    teacher_params = count_params(torchvision.models.get_model("mobilenet_v3_small", num_classes=10))
+    report = json.loads((folder / "students" / "tiny_net_py_Net" / "report.json").read_text())
     # what fine-tuning gave: the teacher's (and each baseline's) accuracy before and after, in the report
     rows = {r["model"]: r for r in report["rows"]}
     assert set(rows["teacher"]["start"]) == {"val_acc", "test_acc"} and rows["student_ce"]["start"] is not None
     t = rows["teacher"]
+    md = (folder / "students" / "tiny_net_py_Net" / "report.md").read_text()
     assert (f"teacher: trained from its starting weights: val {t['start']['val_acc']:.2f}% -> {t['val_acc']:.2f}%, "
-            f"test {t['start']['test_acc']:.2f}% -> {t['test_acc']:.2f}%") in \
-        (tmp_path / "results" / "own" / "report.md").read_text()
-    imagenet = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+            f"test {t['start']['test_acc']:.2f}% -> {t['test_acc']:.2f}%") in md
     assert report["networks"] == {"teacher": {"model": "torchvision:mobilenet_v3_small", "params": teacher_params,
                                               **imagenet},
                                   "student": {"model": "tiny_net.py:Net", "params": student_params,
@@ -142,8 +156,10 @@ def test_a_search_distils_a_pretrained_torchvision_teacher_into_a_file_student_o
     assert {r["model"]: r["params"] for r in report["rows"]} == {
         "teacher": teacher_params, **{m: student_params for m in ("student_mse", "student_ce", "kd_reference",
                                                                   "kd_best")}}
-    assert all(t["state"] == "completed" for t in report["trials"]) and len(report["trials"]) == 2
-    md = (tmp_path / "results" / "own" / "report.md").read_text()
+    top = json.loads((folder / "report.json").read_text())
+    assert all(t["state"] == "completed" for t in top["trials"]) and len(top["trials"]) == 4
+    assert {e["spec"]: e["params"] for e in top["students"]} == {"tiny_net.py:Net": student_params,
+                                                                 "torchvision:mobilenet_v3_small": teacher_params}
     assert (f"networks: teacher = torchvision:mobilenet_v3_small ({teacher_params:,} params), student = "
             f"tiny_net.py:Net ({student_params:,} params); 24x24 images, 10 classes\n"
             f"each network fed its own normalisation: teacher mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225); "
@@ -151,10 +167,10 @@ def test_a_search_distils_a_pretrained_torchvision_teacher_into_a_file_student_o
     assert "notebook" not in md  # the notebook's table compares with its own networks on CIFAR-10 only
     assert "notebook" not in r.stdout
     from mlflow.tracking import MlflowClient
-    client = MlflowClient(report["mlflow"]["tracking_uri"])
-    parent = client.get_run(report["mlflow"]["parent_run_id"])
+    client = MlflowClient(top["mlflow"]["tracking_uri"])
+    parent = client.get_run(top["mlflow"]["parent_run_id"])
     assert parent.data.params["teacher_model"] == "torchvision:mobilenet_v3_small"
-    assert parent.data.params["student_model"] == "tiny_net.py:Net"
+    assert parent.data.params["student_model"] == "tiny_net.py:Net"  # the first student's
     assert parent.data.params["student_params"] == str(student_params)
     assert {"own.yaml", "tiny_net.py"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
     # the trials imported the file from Ray's runtime environment (py_modules), not from the study's folder
