@@ -29,22 +29,21 @@ def cmd_validate(args):
 
 def cmd_baselines(args):
     from kdsearch.engine.loop import pick_device
-    from kdsearch.phase.baselines import run_baselines
+    from kdsearch.phase.baselines import student_phases
     from kdsearch.phase.context import open_study
     from kdsearch.phase.sanity import findings
     from kdsearch.report.tables import format_table, write_baselines
-    from kdsearch.study.inputs import student_label
+    from kdsearch.study.inputs import student_subfolder
     study = _study(args)
     start = time.perf_counter()
     ctx = open_study(study, args.study, args.results, pick_device(study.device))
-    tables, several, written = None, len(ctx.students) > 1, []
-    for sctx in ctx.students:  # the teacher and its logit tables made once, each student's baselines its own
-        phase = run_baselines(sctx, tables=tables)
-        tables, spec = phase.table, sctx.networks.student.spec
+    several, written = len(ctx.students) > 1, []
+    for sctx, phase in student_phases(ctx):  # the teacher and its tables made once, each student's baselines
+        spec = sctx.networks.student.spec
         for f in findings(study, phase, len(ctx.data.train), len(ctx.data.val), len(ctx.data.classes)):
             ctx.log(f"check: {spec + ': ' if several else ''}{f.line}")  # said, not stopped (the search stops)
         rows = [{**r.to_json(), "cached": r.cached} for r in phase.rows]
-        folder = Path(args.results) / study.name / ("students/" + student_label(spec) if several else "")
+        folder = Path(args.results) / study.name / (student_subfolder(spec) if several else "")
         written += reversed(write_baselines(rows, folder, sctx.notebook))  # the .md first
         print(f"student {spec}:\n" if several else "", end="")
         print(format_table(rows, notebook=sctx.notebook) + ("\n" if several else ""))

@@ -1,6 +1,8 @@
 """Shared fixtures: a small stratified subset of the shared CIFAR-10 archive, built once per test session."""
 import io
 import os
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -11,6 +13,12 @@ from kdsearch.data.imagefolder import layout, read_files
 SHARED_ARCHIVE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 ARCHIVE = Path(os.environ.get("KDSEARCH_TEST_ARCHIVE", SHARED_ARCHIVE))
 TRAIN_PER_CLASS, TEST_PER_CLASS = 40, 10
+
+
+def kdsearch(*args, **kw):
+    """The command line as a user runs it, in its own process: its CompletedProcess (kw: cwd, env)."""
+    return subprocess.run([sys.executable, "-m", "kdsearch", *map(str, args)], capture_output=True, text=True,
+                          timeout=600, **kw)
 
 
 def write_archive(path, files, top="tiny"):

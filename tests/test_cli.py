@@ -8,16 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import stored
+from conftest import kdsearch, stored
 
 from kdsearch.core.errors import UserError
 from kdsearch.study.schema import load_study
 from kdsearch.tools.precision import TEMPERATURES
 
-
-def kdsearch(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "kdsearch", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=600)
 
 
 def test_baselines_end_to_end_then_everything_is_reused(tiny_study, tiny_archive, tmp_path):

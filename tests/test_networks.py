@@ -3,14 +3,12 @@ images of any size and channel count. Real images (the shared archive's, made gr
 Optuna and MLflow."""
 import io
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import stored
+from conftest import kdsearch, stored
 
 from kdsearch.core.errors import UserError
 from kdsearch.data.dataset import load_arrays
@@ -68,10 +66,6 @@ resources: {{cpu: 1}}
 confirm: {{seeds: 1}}
 """
 
-
-def kdsearch(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "kdsearch", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import TINY_BASE, TINY_SPACE
+from conftest import TINY_BASE, TINY_SPACE, kdsearch
 
 SEARCH = """\
 search:
@@ -30,10 +30,6 @@ STUDY = (TINY_BASE.replace("kd_reference: {epochs: 2,", "kd_reference: {epochs: 
          .replace("student_ce: {epochs: 1,", "student_ce: {epochs: 4,")
          + TINY_SPACE.replace("epochs: {type: int, low: 1, high: 2}", "epochs: {type: int, low: 3, high: 4}") + SEARCH)
 
-
-def kdsearch(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "kdsearch", *map(str, args)], capture_output=True, text=True,
-                          timeout=600, **kw)
 
 
 def kill_when(args, pattern, log_path, sig=signal.SIGKILL, unless="\0"):

@@ -8,7 +8,7 @@ import sys
 import time
 
 import pytest
-from conftest import TINY_STUDY, pixels, plot, stored
+from conftest import TINY_STUDY, kdsearch, pixels, plot, stored
 
 MIX = "  mix: {type: choice, values: [none, cutmix]}\n"  # a searched mixing: two logit tables in the trials' data
 SEARCH = """\
@@ -23,10 +23,6 @@ confirm:
   seeds: 3
 """
 
-
-def kdsearch(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "kdsearch", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")

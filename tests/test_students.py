@@ -2,11 +2,9 @@
 logit table made once, each student's winners confirmed, its cost measured, the front and the recommendation."""
 import csv
 import json
-import subprocess
-import sys
 
 import pytest
-from conftest import TINY_BASE, TINY_SPACE
+from conftest import TINY_BASE, TINY_SPACE, kdsearch
 
 from kdsearch.core.errors import UserError
 
@@ -34,10 +32,6 @@ confirm:
   seeds: 2
 """
 
-
-def kdsearch(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "kdsearch", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=900)
 
 
 def sweep_front(entries):

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from kdsearch.engine.models import count_params
+
 BATCHES = (1, 64)  # the latencies measured: one image (an interactive call) and a batch (offline scoring)
 
 
@@ -57,5 +59,5 @@ def latency_ms(program, batch, image_size, device, repeats=20, warmup=3):
 def measure_cost(model, program, image_size, device, device_name, repeats=20):
     """The Cost of a student: `model` its network (parameters, FLOPs), `program` what deploys it (latency)."""
     lat = [latency_ms(program, b, image_size, device, repeats) for b in BATCHES]
-    return Cost(sum(p.numel() for p in model.parameters()), flops_per_image(model, image_size), lat[0], lat[1],
+    return Cost(count_params(model), flops_per_image(model, image_size), lat[0], lat[1],
                 device_name, torch.get_num_threads(), repeats)

@@ -72,3 +72,14 @@ def run_baselines(ctx, table_epochs: Optional[int] = None, tables=None):
         spec = RunSpec(name, recipe, ctx.study.seed, run_key(ctx, recipe, ctx.study.seed, teacher_run.key))
         _, runs[name] = train_or_load(ctx, spec, table if recipe.loss in NEEDS_TEACHER else None)
     return EnginePhase(teacher_run, runs, table)
+
+
+def student_phases(ctx):
+    """(student's context, its EnginePhase) for each student of the study, one at a time: the teacher trained
+    once and its logit tables made once (shared while the teacher is fed alike), each student's baselines its
+    own."""
+    tables = None
+    for sctx in ctx.students:
+        phase = run_baselines(sctx, tables=tables)
+        tables = phase.table
+        yield sctx, phase

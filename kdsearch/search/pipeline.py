@@ -66,7 +66,9 @@ def run_search(study, study_file, options, log=log_stderr):
     record = mark_running(state, record, described, log)
     try:
         with timed(took, "engine_s"):  # and the teacher, baselines and logits, timed once Ray and MLflow are up
-            students = students_of(engine_phases(ctx), lambda c, p: trial_data(c, p.table, resources, trial_device))
+            made = {}  # the trials' arrays, one copy for every student
+            students = students_of(engine_phases(ctx), lambda c, p: trial_data(c, p.table, resources, trial_device,
+                                                                               made))
         arms, first = study_arms(study, log), students[0]
         tracker.start_parent(name, record["search_id"], [study_file, *ctx.files],
                              parent_params(study, networks_info(first.ctx, first.phase), arms), first.phase.rows)
@@ -119,16 +121,22 @@ def mark_running(state, record, described, log):
     return state.write(status="running")
 
 
-def trial_data(ctx, table, resources, device):
+def trial_data(ctx, table, resources, device, made=None):
     """The trials' TrialData: numpy NHWC arrays, which Ray shares zero-copy (engine tensors would be copied into
     every trial process), the logit table of each mixing the trials use (table(mix)), with the threads of one
-    trial's CPUs."""
+    trial's CPUs. made: a dict that keeps the arrays made for one student for the next, so that several students
+    hold one copy of the images (and of the tables, while they share them)."""
+    made = {} if made is None else made
+
     def nhwc(split):
         return split.x.permute(0, 2, 3, 1).contiguous().cpu().numpy(), split.y.cpu().numpy()
 
-    (tx, ty), (vx, vy) = nhwc(ctx.data.train), nhwc(ctx.data.val)
-    return TrialData(tx, ty, vx, vy, {m: table(m).cpu().numpy() for m in logit_mixes(ctx.study)}, ctx.networks,
-                     {m: ctx.views_of(m) for m in MIXES}, device, max(1, int(resources.cpu)))
+    if "images" not in made:
+        made["images"] = (*nhwc(ctx.data.train), *nhwc(ctx.data.val))
+    if table not in made:
+        made[table] = {m: table(m).cpu().numpy() for m in logit_mixes(ctx.study)}
+    return TrialData(*made["images"], made[table], ctx.networks, {m: ctx.views_of(m) for m in MIXES}, device,
+                     max(1, int(resources.cpu)))
 
 
 def describe(study, nets):

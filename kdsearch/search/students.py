@@ -12,7 +12,7 @@ import torch
 
 from kdsearch.engine.cost import measure_cost
 from kdsearch.engine.networks import LogitsOnly
-from kdsearch.phase.baselines import run_baselines
+from kdsearch.phase.baselines import student_phases
 from kdsearch.phase.sanity import best_at_chance, check_study
 from kdsearch.report import build as reports
 from kdsearch.report.control import Costs
@@ -20,7 +20,7 @@ from kdsearch.search.arms import Driver, search_arms, timed
 from kdsearch.search.confirm import Workers, confirm
 from kdsearch.search.importance import importances
 from kdsearch.search.tuner import TuneJob
-from kdsearch.study.inputs import student_label
+from kdsearch.study.inputs import student_label, student_subfolder
 from kdsearch.tools.evidence import evidence
 from kdsearch.tools.export import deployable, save_student
 
@@ -49,19 +49,14 @@ class Student:
 
     @property
     def folder_in(self):
-        return Path("students") / self.label if self.label else Path()
+        """Its folder in the search's: students/<label>, or the search's own for the only student."""
+        return student_subfolder(self.ctx.networks.student.spec) if self.label else Path()
 
 
 def engine_phases(ctx):
-    """[(student's context, its EnginePhase)], one per student: the teacher trained once and its logit tables
-    made once (shared while the teacher is fed alike), each student's baselines its own. A teacher at chance
-    stops the search here, before any trial (check_study)."""
-    out, tables = [], None
-    for sctx in ctx.students:
-        phase = run_baselines(sctx, tables=tables)
-        out.append((sctx, phase, check_study(sctx, phase)))
-        tables = phase.table
-    return out
+    """[(student's context, its EnginePhase, its checks)], one per student (baselines.student_phases). A teacher
+    at chance stops the search here, before any trial and before the next student's baselines (check_study)."""
+    return [(sctx, phase, check_study(sctx, phase)) for sctx, phase in student_phases(ctx)]
 
 
 def students_of(engine, data_of):

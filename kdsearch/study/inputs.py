@@ -1,6 +1,7 @@
 """A study's inputs in its study file: its two networks (`models`), its data and its views (`augment`). Part of
 schema.py's schema, which holds the rest."""
 import re
+from pathlib import PurePosixPath
 from typing import Annotated, List, Literal, Optional, Tuple, Union
 
 from pydantic import AfterValidator, BeforeValidator, Discriminator, Field, Tag, model_validator
@@ -84,6 +85,11 @@ def student_label(spec):
     '_' and '-' made '_' (torchvision:mobilenet_v3_small -> torchvision_mobilenet_v3_small; MLflow's logged
     models take no '.', ':' or '/')."""
     return re.sub(r"[^A-Za-z0-9_-]", "_", spec)
+
+
+def student_subfolder(spec):
+    """Where the files of one of several students go in a study's or search's folder: students/<label>."""
+    return PurePosixPath("students", student_label(spec))
 
 
 @dataclass(config=CONFIG)

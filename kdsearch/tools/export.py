@@ -81,8 +81,8 @@ def student_folder(folder, spec=None):
     search's folder, or students/<label>/ in it."""
     if spec is None:
         return Path(folder)
-    from kdsearch.study.inputs import student_label
-    sub = Path(folder) / "students" / student_label(spec)
+    from kdsearch.study.inputs import student_subfolder
+    sub = Path(folder) / student_subfolder(spec)
     if not (sub / STUDENT).is_file():
         try:
             specs = [e["spec"] for e in json.loads((Path(folder) / "report.json").read_text()).get("students") or ()]

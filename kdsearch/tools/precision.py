@@ -32,7 +32,7 @@ def measure(ctx, images=2048):
     table = LogitTables(ctx, teacher, teacher_run.key, recipe.epochs)
     student, _ = train_or_load(ctx, RunSpec("kd_reference", recipe, seed, run_key(ctx, recipe, seed, teacher_run.key)),
                                table)
-    views, n = ctx.views_of("none"), min(images, len(data.train))
+    views, fed, n = ctx.views_of("none"), ctx.views_of("none", role="teacher"), min(images, len(data.train))
     epochs = sorted({0, views.epoch(recipe.epochs - 1)})
     batches = []
     teacher.eval()
@@ -41,8 +41,7 @@ def measure(ctx, images=2048):
             idx = torch.arange(i, min(i + recipe.batch_size, n), device=data.train.x.device)
             x = augmented_views(data.train.x, idx, views, epoch)
             with torch.no_grad():  # the teacher sees the same views normalised its own way (StudyContext.fed)
-                t = logits_of(teacher(augmented_views(data.train.x, idx, ctx.views_of("none", role="teacher"),
-                                                      epoch))).float()
+                t = logits_of(teacher(augmented_views(data.train.x, idx, fed, epoch))).float()
             batches.append((x, data.train.y[idx], t))
     t = torch.cat([b[2] for b in batches])
     loss_fns = [(f"{name} T={T:g}, soft terms alone", make_loss(dataclasses.replace(
